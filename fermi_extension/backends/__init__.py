@@ -1,0 +1,1 @@
+"""Where work runs: ``local`` (processes on this machine) and ``kubernetes``."""

@@ -1,0 +1,1 @@
+"""The embedded default: jobs as papermill processes on this machine."""

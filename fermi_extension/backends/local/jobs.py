@@ -1,0 +1,155 @@
+"""Training jobs as processes on this machine, forked from a warm launcher."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+
+from traitlets import Int, List, Unicode
+
+from ...catalog.model import Pool, Profile
+from ...jobs.backend import Handle, JobBackend, JobLaunch, Outcome
+from ...jobs.files import JobFiles, read_json
+from ...processes import identity, is_alive, kill_tree
+from .gpus import detect_gpus
+
+# what a job must never inherit from the control plane: its hub token and the admin token
+PRIVATE_ENV_PREFIXES = ("JUPYTERHUB_", "FERMI_ADMIN", "CONFIGPROXY_", "FERMI_SERVICE")
+
+
+def job_base_env() -> dict[str, str]:
+    return {
+        k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV_PREFIXES)
+    }
+
+
+class LocalJobBackend(JobBackend):
+    gpu_inventory = List(
+        Unicode(),
+        allow_none=True,
+        default_value=None,
+        help="""GPU names of this machine, by device index. None (default): read them from the
+        NVIDIA driver with nvidia-smi. Tests and machines without a driver give them here,
+        e.g. ["NVIDIA A100-SXM4-80GB", "NVIDIA A100-SXM4-80GB"].""",
+    ).tag(config=True)
+
+    kill_grace_seconds = Int(
+        5, help="Seconds between SIGTERM and SIGKILL when a job is cancelled or times out."
+    ).tag(config=True)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._launcher: asyncio.subprocess.Process | None = None
+        self._launch_lock = asyncio.Lock()
+
+    @property
+    def gpu_count(self) -> int:
+        if self.gpu_inventory is not None:
+            return len(self.gpu_inventory)
+        if not hasattr(self, "_detected"):
+            self._detected = detect_gpus()
+        return len(self._detected)
+
+    def availability(self, profile: Profile, pool: Pool) -> tuple[bool, str | None]:
+        if profile.gpu == 0:
+            return True, None
+        have = self.gpu_count
+        if have == 0:
+            return False, (
+                f"This machine has no GPU, and profile {profile.slug!r} needs {profile.gpu}: "
+                "use a CPU profile here, or run Fermi on a GPU machine or on Kubernetes."
+            )
+        if profile.gpu > have:
+            return False, f"Profile {profile.slug!r} needs {profile.gpu} GPUs; this machine has {have}."
+        return True, None
+
+    async def start(self) -> None:
+        """Start (or restart) the warm launcher and wait until papermill is imported."""
+        if self._launcher is not None and self._launcher.returncode is None:
+            return
+        self._launcher = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fermi_extension.backends.local.launcher",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=job_base_env(),
+        )
+        line = await self._launcher.stdout.readline()
+        if not line:
+            raise RuntimeError("the job launcher exited during start-up; see the control plane log")
+
+    async def launch(self, launch: JobLaunch) -> Handle:
+        files = launch.files
+        files.reset_attempt()
+        request = {
+            "job_id": launch.job_id,
+            "job_dir": str(files.root),
+            "kernel": launch.runtime.kernel,
+            "parameters": launch.parameters,
+            "env": {**job_base_env(), **launch.runtime.env, **launch.env},
+        }
+        async with self._launch_lock:
+            for attempt in range(2):
+                await self.start()
+                try:
+                    self._launcher.stdin.write((json.dumps(request) + "\n").encode())
+                    await self._launcher.stdin.drain()
+                    line = await self._launcher.stdout.readline()
+                    if line:
+                        break
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                self.log.warning("Job launcher died; starting a new one")
+                self._launcher = None
+            else:
+                raise RuntimeError("the job launcher could not start the job")
+        pid = json.loads(line)["pid"]
+        return Handle(pid=pid, started=identity(pid))
+
+    def alive(self, handle: Handle) -> bool:
+        return is_alive(handle.pid, handle.started)
+
+    async def wait(self, handle: Handle, files: JobFiles, timeout: float | None) -> Outcome:
+        ended = asyncio.get_running_loop().create_future()
+        fd = None
+        if self.alive(handle):
+            try:
+                fd = os.pidfd_open(handle.pid)
+            except ProcessLookupError:
+                fd = None
+        if fd is not None:
+            loop = asyncio.get_running_loop()
+            loop.add_reader(fd, lambda: ended.done() or ended.set_result(None))
+            try:
+                await asyncio.wait_for(asyncio.shield(ended), timeout)
+            except asyncio.TimeoutError:
+                await self.kill(handle)
+                return Outcome("failed", f"Timed out after {timeout:.0f} s and was stopped.")
+            finally:
+                loop.remove_reader(fd)
+                os.close(fd)
+        return self.outcome(files)
+
+    def outcome(self, files: JobFiles) -> Outcome:
+        result = read_json(files.result)
+        if result is None:
+            return Outcome(
+                "failed",
+                "The job process ended without reporting a result (it was killed or crashed).",
+                lost=True,
+            )
+        return Outcome(result["status"], result.get("reason"))
+
+    async def kill(self, handle: Handle) -> None:
+        if handle.pid:
+            await asyncio.to_thread(kill_tree, handle.pid, handle.started, self.kill_grace_seconds)
+
+    async def close(self) -> None:
+        if self._launcher is not None and self._launcher.returncode is None:
+            self._launcher.stdin.close()
+            try:
+                await asyncio.wait_for(self._launcher.wait(), 5)
+            except asyncio.TimeoutError:
+                self._launcher.kill()

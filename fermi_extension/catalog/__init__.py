@@ -1,0 +1,1 @@
+"""The catalogue: images and profiles (image × profile → runtime spec), and GPU pools."""

@@ -1,0 +1,101 @@
+"""The catalogue as data in the platform database, seeded once from ``hub_config/catalog.yaml``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+
+from ..db import CatalogItem
+from ..errors import InvalidInput, NotFound
+from .model import Catalog, Image, Pool, Profile
+
+KINDS = {"images": Image, "profiles": Profile, "pools": Pool}
+
+
+def load_catalog_file(path: Path | str) -> Catalog:
+    """Read and validate a catalogue YAML file; errors name the file and the field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise InvalidInput(f"{path}: not valid YAML: {error}") from None
+    try:
+        return Catalog.model_validate(raw or {})
+    except ValidationError as error:
+        raise InvalidInput(f"{path}: {validation_message(error)}") from None
+
+
+def validation_message(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "the document"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if first["loc"] else message
+
+
+class CatalogStore:
+    def __init__(self, session_factory: sessionmaker):
+        self.session_factory = session_factory
+
+    def seed_if_empty(self, catalog: Catalog) -> bool:
+        with self.session_factory() as session:
+            if session.scalar(select(CatalogItem).limit(1)) is not None:
+                return False
+            for kind in KINDS:
+                for position, item in enumerate(getattr(catalog, kind)):
+                    session.add(
+                        CatalogItem(
+                            kind=kind,
+                            slug=item.slug,
+                            data=item.model_dump(mode="json"),
+                            position=position,
+                        )
+                    )
+            session.commit()
+            return True
+
+    def catalog(self) -> Catalog:
+        with self.session_factory() as session:
+            rows = session.scalars(
+                select(CatalogItem).order_by(CatalogItem.kind, CatalogItem.position)
+            ).all()
+        parts: dict[str, list] = {kind: [] for kind in KINDS}
+        for row in rows:
+            parts[row.kind].append(row.data)
+        return Catalog.model_validate(parts)
+
+    def resolve(self, image: str | None, profile: str | None) -> tuple[Catalog, Image, Profile]:
+        """The image and profile a request names, or the defaults; 400 naming the valid choices."""
+        catalog = self.catalog()
+        images = {i.slug: i for i in catalog.images}
+        profiles = {p.slug: p for p in catalog.profiles}
+        if image is None:
+            chosen_image = catalog.default_image()
+        elif image in images and not images[image].hidden:
+            chosen_image = images[image]
+        else:
+            raise InvalidInput(
+                f"Unknown image {image!r}; choose one of: "
+                + ", ".join(s for s, i in images.items() if not i.hidden)
+                + " (GET catalog/images lists them)."
+            )
+        if profile is None:
+            chosen_profile = catalog.default_profile()
+        elif profile in profiles:
+            chosen_profile = profiles[profile]
+        else:
+            raise InvalidInput(
+                f"Unknown profile {profile!r}; choose one of: {', '.join(profiles)} "
+                "(GET catalog/profiles lists them)."
+            )
+        return catalog, chosen_image, chosen_profile
+
+    def get(self, kind: str, slug: str):
+        with self.session_factory() as session:
+            row = session.get(CatalogItem, (kind, slug))
+        if row is None:
+            raise NotFound(f"No {kind[:-1]} {slug!r} in the catalogue.")
+        return KINDS[kind].model_validate(row.data)

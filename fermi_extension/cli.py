@@ -1,0 +1,215 @@
+"""The `fermi` command: start the platform, and drive it from scripts and MLOps pipelines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ENDED = ("succeeded", "failed", "cancelled")
+
+
+def cmd_up(args) -> int:
+    from .up import Platform
+
+    return Platform(args.port, args.ip, args.data_dir, args.public_url, args.log_to_terminal).run()
+
+
+def _client(args):
+    from .client import Client
+
+    return Client(api_url=args.url and args.url.rstrip("/") + "/services/fermi/api")
+
+
+def _print_job(job: dict) -> None:
+    print(f"{job['id']}  {job['name']}  {job['status']}  ({job['owner']}, {job['profile']}, "
+          f"{job['image']})")
+    if job.get("reason"):
+        print(f"  reason: {job['reason']}")
+    if job.get("queue_position"):
+        print(f"  queue position: {job['queue_position']}")
+    progress = job.get("progress") or {}
+    if progress.get("cells_total"):
+        print(f"  progress: {progress.get('cells_done', 0)}/{progress['cells_total']} cells")
+    if job.get("parameters"):
+        print("  parameters: " + ", ".join(f"{k}={v!r}" for k, v in job["parameters"].items()))
+    if job.get("metrics"):
+        print("  metrics: " + ", ".join(f"{k}={v:g}" for k, v in job["metrics"].items()))
+    if job.get("duration_seconds") is not None:
+        print(f"  duration: {job['duration_seconds']:.1f} s")
+
+
+def cmd_jobs_submit(args) -> int:
+    from .jobs.parameters import coerce_text, detect_parameters
+
+    path = Path(args.notebook)
+    if not path.is_file():
+        print(f"No such notebook: {path}", file=sys.stderr)
+        return 2
+    try:
+        notebook = json.loads(path.read_text())
+    except ValueError as error:
+        print(f"{path} is not a notebook (invalid JSON: {error})", file=sys.stderr)
+        return 2
+    declared = {p.name: p for p in detect_parameters(notebook)}
+    parameters = {name: coerce_text(declared.get(name), value) for name, value in args.parameter}
+    body = {"notebook": notebook, "notebook_name": path.name, "parameters": parameters,
+            "profile": args.profile, "image": args.image, "name": args.name,
+            "priority": args.priority, "timeout_seconds": args.timeout}
+    client = _client(args)
+    job = client.post("jobs", {k: v for k, v in body.items() if v is not None})
+    print(f"Submitted job {job['id']} ({job['name']}): {job['status']}")
+    if not args.wait:
+        return 0
+    return _follow(client, job["id"], show_logs=args.logs)
+
+
+def _follow(client, job_id: str, show_logs: bool) -> int:
+    offset, last = 0, None
+    while True:
+        job = client.get(f"jobs/{job_id}")
+        if show_logs:
+            logs = client.get(f"jobs/{job_id}/logs", offset=offset)
+            sys.stdout.write(logs["text"])
+            offset = logs["next_offset"]
+        elif job["status"] != last:
+            print(f"  {job['status']}", flush=True)
+        last = job["status"]
+        if job["status"] in ENDED:
+            _print_job(job)
+            return 0 if job["status"] == "succeeded" else 1
+        time.sleep(0.5)
+
+
+def cmd_jobs_list(args) -> int:
+    result = _client(args).get("jobs", status=args.status, limit=args.limit, owner=args.owner)
+    if not result["jobs"]:
+        print("No jobs yet. Submit one: fermi jobs submit NOTEBOOK.ipynb [-p NAME VALUE]")
+        return 0
+    for job in result["jobs"]:
+        print(f"{job['id']}  {job['status']:<9}  {job['name']:<30}  {job['owner']:<12} {job['created_at']}")
+    if result["total"] > len(result["jobs"]):
+        print(f"({len(result['jobs'])} of {result['total']}; use --limit)")
+    return 0
+
+
+def cmd_jobs_show(args) -> int:
+    job = _client(args).get(f"jobs/{args.job_id}")
+    if args.json:
+        print(json.dumps(job, indent=2))
+    else:
+        _print_job(job)
+    return 0
+
+
+def cmd_jobs_logs(args) -> int:
+    client = _client(args)
+    if args.follow:
+        return _follow(client, args.job_id, show_logs=True)
+    sys.stdout.write(client.get(f"jobs/{args.job_id}/logs")["text"])
+    return 0
+
+
+def cmd_jobs_cancel(args) -> int:
+    job = _client(args).post(f"jobs/{args.job_id}/cancel")
+    print(f"Job {job['id']}: {job['status']}")
+    return 0
+
+
+def cmd_jobs_retry(args) -> int:
+    job = _client(args).post(f"jobs/{args.job_id}/retry")
+    print(f"Submitted job {job['id']} (a retry of {args.job_id}): {job['status']}")
+    return 0
+
+
+def cmd_jobs_output(args) -> int:
+    body = _client(args).request("GET", f"jobs/{args.job_id}/output").content
+    Path(args.output).write_bytes(body)
+    print(f"Wrote {args.output}")
+    return 0
+
+
+def cmd_catalog(args) -> int:
+    client = _client(args)
+    if args.what == "images":
+        for image in client.get("catalog/images")["images"]:
+            star = "*" if image.get("featured") else " "
+            print(f"{star} {image['slug']:<20} {image['kind']:<10} {image['name']}")
+    else:
+        for p in client.get("catalog/profiles")["profiles"]:
+            state = "available" if p["available"] else f"unavailable: {p['unavailable_reason']}"
+            default = " (default)" if p.get("default") else ""
+            print(f"{p['slug']:<14} {p['cpu']:g} CPU  {p['memory']:<6} {p['gpu']} GPU  "
+                  f"{p['price_per_hour']:.2f}/h  {state}{default}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="fermi", description="Fermi (费米集群): a Jupyter-native AI platform")
+    top.add_argument("--url", help="hub URL (default: $FERMI_URL or http://127.0.0.1:8000)")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the whole platform on this machine")
+    up.add_argument("--port", type=int, default=8000, help="public port (default 8000)")
+    up.add_argument("--ip", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    up.add_argument("--data-dir", default="fermi-data", help="where all state lives (default ./fermi-data)")
+    up.add_argument("--public-url", help="URL users reach the hub at, if not http://IP:PORT")
+    up.add_argument("--log-to-terminal", action="store_true", help="show the hub's log here")
+    up.set_defaults(func=cmd_up)
+
+    jobs = sub.add_parser("jobs", help="training jobs").add_subparsers(dest="action", required=True)
+    submit = jobs.add_parser("submit", help="run a notebook as a training job")
+    submit.add_argument("notebook")
+    submit.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                        metavar=("NAME", "VALUE"), help="a parameter of the notebook")
+    submit.add_argument("--profile")
+    submit.add_argument("--image")
+    submit.add_argument("--name")
+    submit.add_argument("--priority", type=int)
+    submit.add_argument("--timeout", type=int, help="seconds before the job is stopped")
+    submit.add_argument("--wait", action="store_true", help="wait until the job ends")
+    submit.add_argument("--logs", action="store_true", help="with --wait: stream the log")
+    submit.set_defaults(func=cmd_jobs_submit)
+    listing = jobs.add_parser("list", help="your jobs")
+    listing.add_argument("--status")
+    listing.add_argument("--owner")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(func=cmd_jobs_list)
+    for name, func, help_ in (("show", cmd_jobs_show, "a job's status, parameters and metrics"),
+                              ("logs", cmd_jobs_logs, "a job's log"),
+                              ("cancel", cmd_jobs_cancel, "stop a job"),
+                              ("retry", cmd_jobs_retry, "run an ended job again"),
+                              ("output", cmd_jobs_output, "download the executed notebook")):
+        action = jobs.add_parser(name, help=help_)
+        action.add_argument("job_id")
+        action.set_defaults(func=func)
+        if name == "show":
+            action.add_argument("--json", action="store_true")
+        if name == "logs":
+            action.add_argument("-f", "--follow", action="store_true")
+        if name == "output":
+            action.add_argument("-o", "--output", default="output.ipynb")
+
+    catalog = sub.add_parser("catalog", help="images and profiles")
+    catalog.add_argument("what", choices=["images", "profiles"])
+    catalog.set_defaults(func=cmd_catalog)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "up":
+        return args.func(args)
+    from .client import APIError
+
+    try:
+        return args.func(args)
+    except APIError as error:
+        print(f"Error: {error.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Platform state in a database through SQLAlchemy (SQLite by default, PostgreSQL in production).
+
+Everything a user or an operator relies on lives here, so that any process can die and a new one
+picks up where it stopped. Job processes also write their own outcome into their job folder, which
+is how a job that finished while the control plane was down is still accounted for.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+
+def utcnow() -> dt.datetime:
+    """The one clock of the platform (a seam: tests replace it)."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict: JSON, list: JSON}
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63))
+    owner: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    image: Mapped[str] = mapped_column(String(63))
+    profile: Mapped[str] = mapped_column(String(63))
+    pool: Mapped[str] = mapped_column(String(63))
+    runtime: Mapped[dict] = mapped_column(JSON)
+    notebook_name: Mapped[str] = mapped_column(String(255))
+    parameters: Mapped[dict] = mapped_column(JSON, default=dict)
+    timeout_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_retries: Mapped[int] = mapped_column(Integer, default=1)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    retry_of: Mapped[str | None] = mapped_column(String(32), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, default=None)
+    # the process that runs the current attempt: pid plus its start time, so a reused pid is never
+    # mistaken for the job after a restart
+    pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    pid_started: Mapped[float | None] = mapped_column(Float, default=None)
+    progress: Mapped[dict] = mapped_column(JSON, default=dict)
+    tracking_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    tracking_experiment_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+
+    __table_args__ = (
+        Index("ix_jobs_owner_created", "owner", "created_at"),
+        Index("ix_jobs_status_priority", "status", "priority", "created_at"),
+    )
+
+
+class JobEvent(Base):
+    """What happened to a job and why (queued, started, retried, reconciled, ...)."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+
+
+class CatalogItem(Base):
+    """One image, profile or pool; ``data`` is validated by ``catalog.model`` on the way in."""
+
+    __tablename__ = "catalog_items"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    slug: Mapped[str] = mapped_column(String(63), primary_key=True)
+    data: Mapped[dict] = mapped_column(JSON)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(255), default="seed")
+
+
+class AuditEvent(Base):
+    """Append-only record of every change: who, what, when, from where, before and after."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(255), index=True)
+    action: Mapped[str] = mapped_column(String(64))
+    target_kind: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str] = mapped_column(String(255))
+    remote_addr: Mapped[str | None] = mapped_column(String(64), default=None)
+    before: Mapped[dict | None] = mapped_column(JSON, default=None)
+    after: Mapped[dict | None] = mapped_column(JSON, default=None)
+
+
+class UsageRecord(Base):
+    """Billable time: one row per finished job attempt (later: dev servers and replicas)."""
+
+    __tablename__ = "usage_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user: Mapped[str] = mapped_column(String(255), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    ref: Mapped[str] = mapped_column(String(64))
+    profile: Mapped[str] = mapped_column(String(63))
+    gpus: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    ended_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    seconds: Mapped[float] = mapped_column(Float)
+    price_per_hour: Mapped[float] = mapped_column(Float)
+    cost: Mapped[float] = mapped_column(Float)
+
+
+def make_session_factory(url: str) -> sessionmaker:
+    engine = create_engine(url, future=True)
+    if url.startswith("sqlite"):
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):
+            cursor = dbapi_connection.cursor()
+            # WAL: readers never block the writer, and a kill -9 never corrupts the file
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+    Base.metadata.create_all(engine)
+    return sessionmaker(engine, expire_on_commit=False)

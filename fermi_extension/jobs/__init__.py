@@ -1,0 +1,1 @@
+"""Training jobs: notebooks run with papermill, queued, tracked. Independent of the backend."""

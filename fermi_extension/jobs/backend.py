@@ -1,0 +1,72 @@
+"""What the job runner needs from a backend (local processes, Kubernetes Jobs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from traitlets.config import LoggingConfigurable
+
+from ..catalog.model import Pool, Profile
+from ..spec import RuntimeSpec
+from .files import JobFiles
+
+
+@dataclass
+class JobLaunch:
+    job_id: str
+    owner: str
+    files: JobFiles
+    runtime: RuntimeSpec
+    parameters: dict[str, Any]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Handle:
+    """Names the running attempt of a job so that it can be found again after a restart."""
+
+    pid: int | None
+    started: float | None
+
+
+@dataclass
+class Outcome:
+    status: str  # succeeded | failed
+    reason: str | None = None
+    lost: bool = False  # the attempt vanished without reporting: an infrastructure failure
+
+
+class JobBackend(LoggingConfigurable):
+    """A place jobs run (configurable: its traits are the backend's settings).
+    Implementations never touch the database or the API."""
+
+    async def launch(self, launch: JobLaunch) -> Handle:
+        """Start the attempt and return as soon as it runs."""
+        raise NotImplementedError
+
+    async def wait(self, handle: Handle, files: JobFiles, timeout: float | None) -> Outcome:
+        """Wait for the attempt to end (also one started by an earlier control plane)."""
+        raise NotImplementedError
+
+    def alive(self, handle: Handle) -> bool:
+        """Whether the attempt is still running."""
+        raise NotImplementedError
+
+    async def kill(self, handle: Handle) -> None:
+        """Stop the attempt and everything it started."""
+        raise NotImplementedError
+
+    def outcome(self, files: JobFiles) -> Outcome:
+        """The outcome of an attempt that has ended."""
+        raise NotImplementedError
+
+    def availability(self, profile: Profile, pool: Pool) -> tuple[bool, str | None]:
+        """Whether jobs and servers of ``profile`` can run here, and why not."""
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        """Prepare to launch (e.g. warm up); called once when the control plane starts."""
+
+    async def close(self) -> None:
+        """Release what the backend holds (attempts keep running)."""

@@ -1,0 +1,523 @@
+"""Jobs: what users ask for (``JobService``) and what runs them (``JobRunner``).
+
+Both belong to the control plane, never to a user's dev server, so stopping or culling a dev
+server never touches a job. The runner is the only writer of ``running`` and it re-attaches to
+attempts that outlived an earlier control plane, so no job runs twice at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..catalog.store import CatalogStore
+from ..db import AuditEvent, Job, JobEvent, UsageRecord, utcnow
+from ..errors import Conflict, InvalidInput, NotFound, Unprocessable
+from ..spec import RuntimeSpec, runtime_spec
+from ..tracking.client import Tracker, TrackingError
+from .backend import Handle, JobBackend, JobLaunch, Outcome
+from .files import JobFiles, read_json
+from .models import STATUSES, CreateJob, DescribeJob, JobLogs, check_job_name
+from .notebook import load_notebook
+from .parameters import check_parameters, detect_parameters
+from .queue import PoolUse, Waiting, plan_starts
+
+log = logging.getLogger("fermi.jobs")
+
+ENDED = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: every read and write is scoped by it."""
+
+    name: str
+    admin: bool = False
+    groups: tuple[str, ...] = ()
+    remote_addr: str | None = None
+
+
+def audit(session: Session, caller: Caller, action: str, kind: str, target: str,
+          before: dict | None = None, after: dict | None = None) -> None:
+    session.add(AuditEvent(actor=caller.name, action=action, target_kind=kind, target_id=target,
+                           remote_addr=caller.remote_addr, before=before, after=after))
+
+
+def default_job_name(notebook_name: str | None) -> str:
+    stem = Path(notebook_name or "notebook").stem
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._") or "notebook"
+    return name[:63]
+
+
+def describe(job: Job, *, events: list[JobEvent] | None = None, position: int | None = None,
+             with_spec: bool = False, files: JobFiles | None = None) -> DescribeJob:
+    duration = None
+    if job.started_at:
+        duration = ((job.finished_at or utcnow()) - job.started_at).total_seconds()
+    progress = dict(job.progress or {})
+    if job.status == "running" and files is not None:
+        progress = read_json(files.progress) or progress
+    spec = None
+    if with_spec and files is not None and files.snapshot.exists():
+        spec = detect_parameters(json.loads(files.snapshot.read_text()))
+    return DescribeJob(
+        id=job.id, name=job.name, owner=job.owner, status=job.status, reason=job.reason,
+        priority=job.priority, image=job.image, profile=job.profile,
+        notebook_name=job.notebook_name, parameters=job.parameters or {},
+        timeout_seconds=job.timeout_seconds, attempt=job.attempt, max_retries=job.max_retries,
+        retry_of=job.retry_of, created_at=job.created_at, started_at=job.started_at,
+        finished_at=job.finished_at, duration_seconds=duration, progress=progress,
+        metrics=job.metrics or {}, tracking_run_id=job.tracking_run_id,
+        queue_position=position,
+        events=None if events is None else [
+            {"at": e.at, "kind": e.kind, "message": e.message} for e in events
+        ],
+        parameter_spec=spec,
+    )
+
+
+class JobService:
+    """The jobs API's logic; the HTTP layer and the dev-server extension stay thin."""
+
+    def __init__(self, session_factory: sessionmaker, catalog: CatalogStore, backend: JobBackend,
+                 jobs_dir: Path, wake: Callable[[], None] = lambda: None):
+        self.session_factory = session_factory
+        self.catalog = catalog
+        self.backend = backend
+        self.jobs_dir = Path(jobs_dir)
+        self.wake = wake
+
+    def files(self, job_id: str) -> JobFiles:
+        return JobFiles(self.jobs_dir / job_id)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def _visible(self, session: Session, caller: Caller, job_id: str) -> Job:
+        job = session.get(Job, job_id)
+        if job is None or (job.owner != caller.name and not caller.admin):
+            raise NotFound(f"No job {job_id!r} (or it is not yours).")
+        return job
+
+    def get(self, caller: Caller, job_id: str) -> DescribeJob:
+        with self.session_factory() as session:
+            job = self._visible(session, caller, job_id)
+            events = session.scalars(
+                select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id)
+            ).all()
+            position = None
+            if job.status == "queued":
+                position = 1 + session.scalar(
+                    select(func.count()).select_from(Job).where(
+                        Job.status == "queued", Job.pool == job.pool,
+                        (Job.priority > job.priority)
+                        | ((Job.priority == job.priority) & (Job.created_at < job.created_at)),
+                    )
+                )
+            return describe(job, events=list(events), position=position, with_spec=True,
+                            files=self.files(job.id))
+
+    def list(self, caller: Caller, *, status: str | None = None, owner: str | None = None,
+             limit: int = 50, offset: int = 0) -> tuple[list[DescribeJob], int]:
+        if status is not None and status not in STATUSES:
+            raise InvalidInput(f"Unknown status {status!r}; use one of {', '.join(STATUSES)}.")
+        if not 1 <= limit <= 500:
+            raise InvalidInput("`limit` must be between 1 and 500.")
+        if offset < 0:
+            raise InvalidInput("`offset` must be 0 or more.")
+        query = select(Job)
+        if not caller.admin:
+            query = query.where(Job.owner == caller.name)
+        elif owner:
+            query = query.where(Job.owner == owner)
+        if status:
+            query = query.where(Job.status == status)
+        with self.session_factory() as session:
+            total = session.scalar(select(func.count()).select_from(query.subquery()))
+            jobs = session.scalars(
+                query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+            ).all()
+            return [describe(j, files=self.files(j.id)) for j in jobs], total
+
+    def logs(self, caller: Caller, job_id: str, offset: int = 0, limit: int = 1 << 20) -> JobLogs:
+        with self.session_factory() as session:
+            job = self._visible(session, caller, job_id)
+            complete = job.status in ENDED
+        path = self.files(job_id).log
+        text, next_offset = "", offset
+        if path.exists():
+            with path.open("rb") as f:
+                f.seek(max(offset, 0))
+                chunk = f.read(limit)
+            text = chunk.decode("utf-8", errors="replace")
+            next_offset = offset + len(chunk)
+            complete = complete and next_offset >= path.stat().st_size
+        return JobLogs(text=text, offset=offset, next_offset=next_offset, complete=complete)
+
+    def output(self, caller: Caller, job_id: str) -> bytes:
+        with self.session_factory() as session:
+            job = self._visible(session, caller, job_id)
+            status = job.status
+        path = self.files(job_id).output
+        if not path.exists():
+            raise Conflict(
+                f"Job {job_id} has no executed notebook yet (status: {status}); "
+                "it is written when the job starts running."
+            )
+        return path.read_bytes()
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def submit(self, caller: Caller, request: CreateJob, *, retry_of: Job | None = None) -> DescribeJob:
+        notebook = load_notebook(request.notebook)
+        declared = detect_parameters(notebook)
+        parameters = check_parameters(declared, request.parameters)
+        catalog, image, profile = self.catalog.resolve(request.image, request.profile)
+        pool = next(p for p in catalog.pools if p.slug == profile.pool)
+        available, reason = self.backend.availability(profile, pool)
+        if not available:
+            raise Unprocessable(reason)
+        if profile.allowed_groups and not caller.admin and not (
+            set(profile.allowed_groups) & set(caller.groups)
+        ):
+            raise NotFound(f"Unknown profile {profile.slug!r} (not offered to you).")
+        notebook_name = request.notebook_name or "notebook.ipynb"
+        name = request.name or default_job_name(notebook_name)
+        check_job_name(name)
+        if "/" in notebook_name or "\\" in notebook_name or notebook_name.startswith("."):
+            notebook_name = Path(notebook_name.replace("\\", "/")).name or "notebook.ipynb"
+        spec: RuntimeSpec = runtime_spec(image, profile)
+        with self.session_factory() as session:
+            job = Job(
+                name=name, owner=caller.name, status="queued", priority=request.priority,
+                image=image.slug, profile=profile.slug, pool=profile.pool,
+                runtime=spec.model_dump(mode="json"), notebook_name=notebook_name,
+                parameters=parameters, timeout_seconds=request.timeout_seconds,
+                max_retries=request.max_retries, retry_of=retry_of.id if retry_of else None,
+            )
+            session.add(job)
+            session.flush()
+            files = self.files(job.id)
+            files.root.mkdir(parents=True, exist_ok=True)
+            files.snapshot.write_text(json.dumps(notebook))
+            message = f"queued by {caller.name} on {profile.slug} ({image.slug})"
+            if retry_of:
+                message += f", a retry of {retry_of.id}"
+            session.add(JobEvent(job_id=job.id, kind="queued", message=message))
+            audit(session, caller, "retry" if retry_of else "submit", "job", job.id,
+                  after={"name": name, "image": image.slug, "profile": profile.slug,
+                         "parameters": parameters})
+            try:
+                session.commit()
+            except Exception:
+                shutil.rmtree(files.root, ignore_errors=True)
+                raise
+            result = describe(job, files=files)
+        self.wake()
+        return result
+
+    def retry(self, caller: Caller, job_id: str) -> DescribeJob:
+        with self.session_factory() as session:
+            old = self._visible(session, caller, job_id)
+            if old.status not in ENDED:
+                raise Conflict(f"Job {job_id} is {old.status}; retry it once it has ended.")
+            session.expunge(old)
+        snapshot = json.loads(self.files(job_id).snapshot.read_text())
+        request = CreateJob(
+            notebook=snapshot, name=old.name, notebook_name=old.notebook_name,
+            parameters=old.parameters, image=old.image, profile=old.profile,
+            priority=old.priority, timeout_seconds=old.timeout_seconds,
+            max_retries=old.max_retries,
+        )
+        owner = Caller(old.owner, caller.admin, caller.groups, caller.remote_addr)
+        described = self.submit(owner, request, retry_of=old)
+        if owner.name != caller.name:
+            with self.session_factory() as session:
+                audit(session, caller, "retry", "job", described.id)
+                session.commit()
+        return described
+
+    def cancel(self, caller: Caller, job_id: str) -> tuple[DescribeJob, Handle | None]:
+        """Mark the job cancelled; returns the attempt to stop, if one runs."""
+        with self.session_factory() as session:
+            job = self._visible(session, caller, job_id)
+            if job.status in ENDED:
+                raise Conflict(f"Job {job_id} has already ended ({job.status}); nothing to cancel.")
+            before = job.status
+            handle = Handle(job.pid, job.pid_started) if job.status == "running" else None
+            job.status = "cancelled"
+            job.reason = f"Cancelled by {caller.name}."
+            job.finished_at = utcnow()
+            session.add(JobEvent(job_id=job.id, kind="cancelled", message=job.reason))
+            audit(session, caller, "cancel", "job", job.id, before={"status": before},
+                  after={"status": "cancelled"})
+            session.commit()
+            result = describe(job, files=self.files(job.id))
+        self.wake()
+        return result, handle
+
+
+class JobRunner:
+    """Starts queued jobs as capacity allows, watches them, and records how they ended."""
+
+    def __init__(self, session_factory: sessionmaker, catalog: CatalogStore, backend: JobBackend,
+                 tracker: Tracker, jobs_dir: Path, *, tracking_uri: str,
+                 retry_interval: float = 2.0):
+        self.session_factory = session_factory
+        self.catalog = catalog
+        self.backend = backend
+        self.tracker = tracker
+        self.jobs_dir = Path(jobs_dir)
+        self.tracking_uri = tracking_uri
+        self.retry_interval = retry_interval
+        self._wake = asyncio.Event()
+        self._watches: dict[str, asyncio.Task] = {}
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def files(self, job_id: str) -> JobFiles:
+        return JobFiles(self.jobs_dir / job_id)
+
+    def event(self, session: Session, job: Job, kind: str, message: str) -> None:
+        session.add(JobEvent(job_id=job.id, kind=kind, message=message))
+        log.info("job %s (%s): %s", job.id, kind, message)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.reconcile()
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self, *, stop_jobs: bool) -> None:
+        """``stop_jobs``: the platform is shutting down on purpose (Ctrl-C): running attempts are
+        stopped and their jobs queued again, to run on the next start."""
+        self._stopping = True
+        if self._task:
+            self._task.cancel()
+        for task in self._watches.values():
+            task.cancel()
+        if stop_jobs:
+            with self.session_factory() as session:
+                running = session.scalars(select(Job).where(Job.status == "running")).all()
+                handles = [Handle(j.pid, j.pid_started) for j in running]
+                for job in running:
+                    job.status, job.pid, job.pid_started = "queued", None, None
+                    job.attempt = max(job.attempt - 1, 0)
+                    job.reason = "Interrupted by a platform shutdown; it runs again on the next start."
+                    self.event(session, job, "requeued", job.reason)
+                    if job.tracking_run_id:
+                        await self._end_run(job.tracking_run_id, "KILLED")
+                session.commit()
+            await asyncio.gather(*(self.backend.kill(h) for h in handles))
+        await self.backend.close()
+
+    async def reconcile(self) -> None:
+        """Account for attempts that were running when the previous control plane stopped."""
+        with self.session_factory() as session:
+            running = session.scalars(select(Job).where(Job.status == "running")).all()
+            for job in running:
+                files = self.files(job.id)
+                handle = Handle(job.pid, job.pid_started)
+                if handle.pid is None:  # died between marking it running and launching it
+                    recorded = read_json(files.process) or {}
+                    handle = Handle(recorded.get("pid"), recorded.get("started"))
+                if self.backend.alive(handle):
+                    job.pid, job.pid_started = handle.pid, handle.started
+                    self.event(session, job, "reattached",
+                               f"still running (pid {handle.pid}) after a control-plane restart")
+                    self._watch(job.id, handle)
+                else:
+                    session.commit()
+                    await self._finish(job.id, self.backend.outcome(files))
+            session.commit()
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                delay = await self.dispatch()
+            except Exception:
+                log.exception("dispatch failed")
+                delay = self.retry_interval
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    async def dispatch(self) -> float | None:
+        """Start what fits; returns when to look again (None: when woken)."""
+        catalog = self.catalog.catalog()
+        pools = {p.slug: p for p in catalog.pools}
+        with self.session_factory() as session:
+            queued = session.execute(
+                select(Job.id, Job.pool, Job.runtime).where(Job.status == "queued")
+                .order_by(Job.priority.desc(), Job.created_at, Job.id)
+            ).all()
+            if not queued:
+                return None
+            running: dict[str, PoolUse] = {}
+            for pool, runtime in session.execute(
+                select(Job.pool, Job.runtime).where(Job.status == "running")
+            ):
+                use = running.setdefault(pool, PoolUse())
+                use.jobs += 1
+                use.gpus += int(runtime.get("gpu", 0))
+        waiting = [Waiting(i, pool, int(rt.get("gpu", 0))) for i, pool, rt in queued]
+        later = None
+        for job_id in plan_starts(waiting, running, pools):
+            if not await self._start(job_id):
+                later = self.retry_interval
+        return later
+
+    async def _start(self, job_id: str) -> bool:
+        """Start one attempt; False when it must wait (the tracking server is not answering)."""
+        with self.session_factory() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.status != "queued":
+                return True
+            job.status, job.started_at, job.finished_at = "running", utcnow(), None
+            job.attempt += 1
+            job.reason = None
+            job.progress, job.metrics = {}, {}
+            session.commit()
+            owner, name, runtime = job.owner, job.name, RuntimeSpec.model_validate(job.runtime)
+            parameters, attempt = dict(job.parameters or {}), job.attempt
+        files = self.files(job_id)
+        try:
+            experiment = await self.tracker.experiment_id(f"fermi/{owner}")
+            run = await self.tracker.create_run(
+                experiment, f"{name}-{job_id}",
+                tags={"fermi.job_id": job_id, "fermi.user": owner, "fermi.image": runtime.image,
+                      "fermi.profile": runtime.profile, "fermi.notebook": files.snapshot.name,
+                      "fermi.attempt": str(attempt), "mlflow.user": owner,
+                      "mlflow.source.name": name, "mlflow.source.type": "JOB"},
+                params=parameters,
+            )
+        except TrackingError as error:
+            with self.session_factory() as session:
+                job = session.get(Job, job_id)
+                if job.status == "running":
+                    job.status, job.started_at, job.attempt = "queued", None, job.attempt - 1
+                    job.reason = f"Waiting for the tracking server: {error.message}"
+                    session.commit()
+            return False
+        env = {
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "MLFLOW_RUN_ID": run["run_id"],
+            "MLFLOW_EXPERIMENT_ID": experiment,
+            "FERMI_JOB_ID": job_id,
+            "FERMI_JOB_USER": owner,
+        }
+        launch = JobLaunch(job_id, owner, files, runtime, parameters, env)
+        try:
+            handle = await self.backend.launch(launch)
+        except Exception as error:  # the backend could not start it: say why, do not hang
+            log.exception("launch of job %s failed", job_id)
+            with self.session_factory() as session:
+                job = session.get(Job, job_id)
+                job.tracking_run_id, job.tracking_experiment_id = run["run_id"], experiment
+                session.commit()
+            await self._finish(job_id, Outcome("failed", f"Could not start: {error}", lost=True))
+            return True
+        with self.session_factory() as session:
+            job = session.get(Job, job_id)
+            job.pid, job.pid_started = handle.pid, handle.started
+            job.tracking_run_id, job.tracking_experiment_id = run["run_id"], experiment
+            cancelled = job.status == "cancelled"
+            if not cancelled:
+                self.event(session, job, "started",
+                           f"attempt {attempt} started (pid {handle.pid}, run {run['run_id']})")
+            session.commit()
+        if cancelled:  # cancelled while it was being started
+            await self.backend.kill(handle)
+        self._watch(job_id, handle)
+        return True
+
+    def _watch(self, job_id: str, handle: Handle) -> None:
+        self._watches[job_id] = asyncio.create_task(self._await_end(job_id, handle))
+
+    async def _await_end(self, job_id: str, handle: Handle) -> None:
+        try:
+            with self.session_factory() as session:
+                job = session.get(Job, job_id)
+                remaining = None
+                if job.timeout_seconds and job.started_at:
+                    elapsed = (utcnow() - job.started_at).total_seconds()
+                    remaining = max(job.timeout_seconds - elapsed, 0.01)
+            outcome = await self.backend.wait(handle, self.files(job_id), remaining)
+            if not self._stopping:
+                await self._finish(job_id, outcome)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("watching job %s failed", job_id)
+        finally:
+            self._watches.pop(job_id, None)
+
+    async def kill(self, handle: Handle | None) -> None:
+        if handle is not None and handle.pid:
+            await self.backend.kill(handle)
+
+    async def _end_run(self, run_id: str, status: str) -> None:
+        try:
+            await self.tracker.end_run(run_id, status)
+        except TrackingError as error:
+            log.warning("could not end tracking run %s: %s", run_id, error.message)
+
+    async def _finish(self, job_id: str, outcome: Outcome) -> None:
+        """Record how an attempt ended: status, metrics, executed notebook, usage."""
+        files = self.files(job_id)
+        with self.session_factory() as session:
+            job = session.get(Job, job_id)
+            run_id = job.tracking_run_id
+        metrics: dict[str, float] = {}
+        if run_id:
+            try:
+                run = await self.tracker.get_run(run_id)
+                metrics = {m["key"]: m["value"] for m in run.get("data", {}).get("metrics", [])}
+                if files.output.exists():
+                    await self.tracker.upload_artifact(run["info"], files.output, "output.ipynb")
+            except TrackingError as error:
+                log.warning("tracking for job %s: %s", job_id, error.message)
+        with self.session_factory() as session:
+            job = session.get(Job, job_id)
+            ended = utcnow()
+            started = job.started_at or ended
+            if job.status == "running":
+                retry = outcome.lost and job.attempt <= job.max_retries
+                if retry:
+                    job.status = "queued"
+                    job.reason = f"{outcome.reason} Retrying (attempt {job.attempt + 1})."
+                    self.event(session, job, "retrying", job.reason)
+                else:
+                    job.status, job.reason, job.finished_at = outcome.status, outcome.reason, ended
+                    self.event(session, job, outcome.status, outcome.reason or "finished")
+            run_status = {"succeeded": "FINISHED", "cancelled": "KILLED"}.get(job.status, "FAILED")
+            job.metrics = metrics
+            job.progress = read_json(files.progress) or job.progress or {}
+            job.pid = job.pid_started = None
+            runtime = job.runtime
+            session.add(UsageRecord(
+                user=job.owner, kind="job", ref=job.id, profile=job.profile,
+                gpus=int(runtime.get("gpu", 0)), started_at=started, ended_at=ended,
+                seconds=(ended - started).total_seconds(),
+                price_per_hour=float(runtime.get("price_per_hour", 0.0)),
+                cost=(ended - started).total_seconds() / 3600
+                * float(runtime.get("price_per_hour", 0.0)),
+            ))
+            session.commit()
+        if run_id:
+            await self._end_run(run_id, run_status)
+        self.wake()
+

@@ -1,0 +1,21 @@
+"""Where the files that ship with Fermi are: ``hub_config/`` and the notebook templates.
+
+In a wheel they are inside the package (``_shipped/``); in a source checkout (editable install)
+they are the top-level folders of the repository.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
+REPOSITORY = PACKAGE.parent
+SOURCE_NAMES = {"hub_config": "hub_config", "templates": "notebooks/templates"}
+
+
+def shipped(name: str) -> Path:
+    """``shipped("hub_config")`` or ``shipped("templates")``."""
+    inside = PACKAGE / "_shipped" / name
+    if inside.exists():
+        return inside
+    return REPOSITORY / SOURCE_NAMES[name]

@@ -1,0 +1,73 @@
+"""/api/jobs: submit, list, describe, logs, executed notebook, cancel, retry."""
+
+from __future__ import annotations
+
+from ..jobs.models import CreateJob, DescribeJob, JobLogs, ListJobsResponse
+from .base import APIHandler, operation
+
+
+class JobsHandler(APIHandler):
+    @operation("List your jobs (admins: everyone's; `owner` filters)", response=ListJobsResponse,
+               query={"status": "queued|running|succeeded|failed|cancelled", "owner": "user name",
+                      "limit": "1–500, default 50", "offset": "default 0"})
+    def get(self):
+        limit, offset = self.query_int("limit", 50), self.query_int("offset", 0)
+        jobs, total = self.settings["jobs"].list(
+            self.caller, status=self.get_query_argument("status", None),
+            owner=self.get_query_argument("owner", None), limit=limit, offset=offset,
+        )
+        self.send(ListJobsResponse(jobs=jobs, total=total, limit=limit, offset=offset))
+
+    @operation("Submit a notebook as a training job", request=CreateJob, response=DescribeJob,
+               status=201)
+    def post(self):
+        job = self.settings["jobs"].submit(self.caller, self.parse(CreateJob))
+        self.set_header("Location", f"{self.request.path.rstrip('/')}/{job.id}")
+        self.send(job, 201)
+
+
+class JobHandler(APIHandler):
+    @operation("Describe a job: status, progress, metrics, events, parameters",
+               response=DescribeJob)
+    def get(self, job_id: str):
+        self.send(self.settings["jobs"].get(self.caller, job_id))
+
+
+class JobLogsHandler(APIHandler):
+    @operation("The job's log from `offset` on (poll with `next_offset` to follow it)",
+               response=JobLogs, query={"offset": "byte offset, default 0"})
+    def get(self, job_id: str):
+        self.send(self.settings["jobs"].logs(self.caller, job_id, self.query_int("offset", 0)))
+
+
+class JobOutputHandler(APIHandler):
+    @operation("The executed notebook (nbformat JSON)", content_type="application/x-ipynb+json")
+    def get(self, job_id: str):
+        body = self.settings["jobs"].output(self.caller, job_id)
+        self.set_header("Content-Type", "application/x-ipynb+json")
+        self.finish(body)
+
+
+class JobCancelHandler(APIHandler):
+    @operation("Cancel a queued or running job (stops all its processes)", response=DescribeJob)
+    async def post(self, job_id: str):
+        job, handle = self.settings["jobs"].cancel(self.caller, job_id)
+        await self.settings["runner"].kill(handle)
+        self.send(job)
+
+
+class JobRetryHandler(APIHandler):
+    @operation("Run an ended job again from the same snapshot (a new job)",
+               response=DescribeJob, status=201)
+    def post(self, job_id: str):
+        self.send(self.settings["jobs"].retry(self.caller, job_id), 201)
+
+
+routes = [
+    ("/api/jobs", JobsHandler),
+    ("/api/jobs/{job_id}", JobHandler),
+    ("/api/jobs/{job_id}/logs", JobLogsHandler),
+    ("/api/jobs/{job_id}/output", JobOutputHandler),
+    ("/api/jobs/{job_id}/cancel", JobCancelHandler),
+    ("/api/jobs/{job_id}/retry", JobRetryHandler),
+]

@@ -1,0 +1,182 @@
+"""The control plane process: a JupyterHub-managed service named ``fermi``.
+
+Configured with traitlets (``--FermiService.trait=value`` or a config file); its swappable parts
+(the job backend) are ``Type`` traits, so tests and operators choose them through config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from urllib.parse import urlparse
+
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
+from tornado import web
+from traitlets import Unicode, default, Type
+from traitlets.config import Application
+
+from .. import __version__
+from ..catalog.store import CatalogStore, load_catalog_file
+from ..db import make_session_factory
+from ..jobs.backend import JobBackend
+from ..jobs.service import JobRunner, JobService
+from ..paths import shipped
+from ..processes import die_with_parent
+from ..tracking.client import Tracker
+from . import api_catalog, api_jobs
+from .openapi import HealthHandler, OpenAPIHandler, build_openapi, tornado_pattern
+
+ROUTES = [*api_catalog.routes, *api_jobs.routes]
+
+
+class FermiService(Application):
+    name = "fermi-service"
+    description = "The Fermi control plane (run by JupyterHub as the service 'fermi')"
+
+    data_dir = Unicode(
+        help="""Folder holding all platform state (database, job folders). Default: the
+        FERMI_DATA_DIR environment variable that `fermi up` sets, e.g. ./fermi-data""",
+    ).tag(config=True)
+
+    @default("data_dir")
+    def _default_data_dir(self):
+        return os.environ.get("FERMI_DATA_DIR", os.path.abspath("fermi-data"))
+
+    db_url = Unicode(
+        help="""SQLAlchemy URL of the platform database. Default: SQLite in the data dir.
+        Production: postgresql+psycopg://fermi:…@db/fermi""",
+    ).tag(config=True)
+
+    @default("db_url")
+    def _default_db_url(self):
+        return os.environ.get("FERMI_DB_URL") or f"sqlite:///{Path(self.data_dir) / 'fermi.sqlite'}"
+
+    catalog_seed = Unicode(
+        help="""Catalogue YAML loaded into an empty database on first start
+        (default: hub_config/catalog.yaml).""",
+    ).tag(config=True)
+
+    @default("catalog_seed")
+    def _default_catalog_seed(self):
+        return os.environ.get("FERMI_CATALOG") or str(shipped("hub_config") / "catalog.yaml")
+
+    tracking_uri = Unicode(
+        help="URL of the MLflow tracking server jobs report to (default: $FERMI_TRACKING_URI).",
+    ).tag(config=True)
+
+    @default("tracking_uri")
+    def _default_tracking_uri(self):
+        return os.environ.get("FERMI_TRACKING_URI", "http://127.0.0.1:5000")
+
+    job_backend_class = Type(
+        "fermi_extension.backends.local.jobs.LocalJobBackend",
+        klass=JobBackend,
+        help="Where training jobs run: the local backend (default) or the Kubernetes backend.",
+    ).tag(config=True)
+
+    service_url = Unicode(help="Where to listen (default: $JUPYTERHUB_SERVICE_URL).").tag(config=True)
+
+    @default("service_url")
+    def _default_service_url(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+
+    prefix = Unicode(help="URL prefix (default: $JUPYTERHUB_SERVICE_PREFIX).").tag(config=True)
+
+    @default("prefix")
+    def _default_prefix(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/fermi/")
+
+    public_url = Unicode(
+        help="The hub's public URL, used in absolute links (default: $FERMI_PUBLIC_URL)."
+    ).tag(config=True)
+
+    @default("public_url")
+    def _default_public_url(self):
+        return os.environ.get("FERMI_PUBLIC_URL", "http://127.0.0.1:8000")
+
+    config_file = Unicode(
+        help="A traitlets config file (default: $FERMI_SERVICE_CONFIG, if set)."
+    ).tag(config=True)
+
+    @default("config_file")
+    def _default_config_file(self):
+        return os.environ.get("FERMI_SERVICE_CONFIG", "")
+
+    aliases = {"config": "FermiService.config_file", "data-dir": "FermiService.data_dir"}
+
+    def initialize(self, argv=None):
+        super().initialize(argv)
+        if self.config_file:
+            self.load_config_file(self.config_file)
+        logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s fermi] %(message)s")
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        self.session_factory = make_session_factory(self.db_url)
+        self.catalog = CatalogStore(self.session_factory)
+        if self.catalog.seed_if_empty(load_catalog_file(self.catalog_seed)):
+            self.log.info("Catalogue seeded from %s", self.catalog_seed)
+        self.job_backend = self.job_backend_class(parent=self)
+        self.tracker = Tracker(self.tracking_uri)
+        jobs_dir = Path(self.data_dir) / "jobs"
+        self.runner = JobRunner(self.session_factory, self.catalog, self.job_backend, self.tracker,
+                                jobs_dir, tracking_uri=self.tracking_uri)
+        self.jobs = JobService(self.session_factory, self.catalog, self.job_backend, jobs_dir,
+                               wake=self.runner.wake)
+
+    def make_app(self) -> web.Application:
+        prefix = self.prefix.rstrip("/")
+        hub_auth = HubOAuth(cache_max_age=60)
+        base = self.public_url.rstrip("/") + prefix
+        self.openapi = build_openapi(ROUTES, base + "/api", __version__)
+        handlers = [
+            (prefix + tornado_pattern(template), handler) for template, handler in ROUTES
+        ] + [
+            (prefix + "/api/openapi.json", OpenAPIHandler),
+            (prefix + "/api/health", HealthHandler),
+            (prefix + "/oauth_callback", HubOAuthCallbackHandler),
+        ]
+        return web.Application(
+            handlers,
+            hub_auth=hub_auth,
+            cookie_secret=os.urandom(32),
+            jobs=self.jobs,
+            runner=self.runner,
+            catalog=self.catalog,
+            job_backend=self.job_backend,
+            openapi=self.openapi,
+            xsrf_cookies=False,
+        )
+
+    async def run(self) -> None:
+        await self.job_backend.start()
+        await self.runner.start()
+        url = urlparse(self.service_url)
+        server = self.make_app().listen(url.port, url.hostname, xheaders=True)
+        self.log.info("Fermi control plane listening on %s%s", self.service_url, self.prefix)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        self.log.info("Stopping: running jobs are stopped and queued again for the next start")
+        server.stop()
+        await self.runner.stop(stop_jobs=True)
+        await self.tracker.close()
+
+    def start(self) -> None:
+        asyncio.run(self.run())
+
+
+def main(argv: list[str] | None = None) -> None:
+    # a hub killed with -9 takes this process with it, abruptly, so that running jobs are left
+    # alone and re-attached by the next control plane (see JobRunner.reconcile)
+    die_with_parent(signal.SIGKILL)
+    app = FermiService.instance()
+    app.initialize(argv)
+    app.start()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The neutral runtime spec: catalogue image × profile, compiled per backend.
+
+Jobs and deployments carry a ``RuntimeSpec``; the local backend turns it into a process
+environment, the Kubernetes backend into pod fields. Nothing here knows about either.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from .catalog.model import Image, Profile, Toleration
+
+
+class RuntimeSpec(BaseModel):
+    image: str
+    image_version: str | None = None
+    image_reference: str
+    image_local: bool
+    kernel: str
+    profile: str
+    pool: str
+    cpu: float
+    memory: str
+    gpu: int = 0
+    gpu_resource: str = "nvidia.com/gpu"
+    gpu_type: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    price_per_hour: float = 0.0
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+def runtime_spec(image: Image, profile: Profile, version: str | None = None) -> RuntimeSpec:
+    tag = version or (image.versions[0].tag if image.versions else None)
+    reference = f"{image.reference}:{tag}" if tag and not image.local else image.reference
+    return RuntimeSpec(
+        image=image.slug,
+        image_version=tag,
+        image_reference=reference,
+        image_local=image.local,
+        kernel=image.kernel,
+        profile=profile.slug,
+        pool=profile.pool,
+        cpu=profile.cpu,
+        memory=profile.memory,
+        gpu=profile.gpu,
+        gpu_resource=profile.gpu_resource,
+        gpu_type=profile.gpu_type,
+        node_selector=dict(profile.node_selector),
+        tolerations=list(profile.tolerations),
+        price_per_hour=profile.price_per_hour,
+    )

@@ -1,0 +1,143 @@
+"""A small async client for the MLflow tracking server's REST API.
+
+The control plane talks to MLflow over its documented REST API rather than importing the
+``mlflow`` package: it keeps the control plane light (start-up, memory) and speaks the same
+protocol as every other MLflow client. Notebooks inside jobs use ``mlflow`` itself.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..errors import Unavailable
+
+API = "/api/2.0/mlflow"
+ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
+
+
+class TrackingError(Unavailable):
+    pass
+
+
+def _tags(tags: dict[str, str]) -> list[dict[str, str]]:
+    return [{"key": k, "value": str(v)} for k, v in tags.items()]
+
+
+class Tracker:
+    def __init__(self, uri: str, timeout: float = 10.0):
+        self.uri = uri.rstrip("/")
+        self._client = httpx.AsyncClient(base_url=self.uri, timeout=timeout)
+        self._experiments: dict[str, str] = {}
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> dict:
+        try:
+            response = await self._client.request(method, path, **kwargs)
+        except httpx.HTTPError as error:
+            raise TrackingError(
+                f"The tracking server at {self.uri} is not answering ({error.__class__.__name__}); "
+                "the platform retries on its own."
+            ) from None
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"message": response.text}
+            error = TrackingError(f"Tracking server: {body.get('message', body)}")
+            error.code = body.get("error_code")  # type: ignore[attr-defined]
+            error.http_status = response.status_code  # type: ignore[attr-defined]
+            raise error
+        return response.json() if response.content else {}
+
+    async def ready(self) -> bool:
+        try:
+            response = await self._client.get("/health")
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def experiment_id(self, name: str) -> str:
+        """Id of the experiment ``name``, created on first use."""
+        if name in self._experiments:
+            return self._experiments[name]
+        try:
+            found = await self._call(
+                "GET", f"{API}/experiments/get-by-name", params={"experiment_name": name}
+            )
+            experiment_id = found["experiment"]["experiment_id"]
+        except TrackingError as error:
+            if getattr(error, "code", None) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            try:
+                created = await self._call("POST", f"{API}/experiments/create", json={"name": name})
+                experiment_id = created["experiment_id"]
+            except TrackingError as again:  # created meanwhile by a concurrent submit
+                if getattr(again, "code", None) != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                found = await self._call(
+                    "GET", f"{API}/experiments/get-by-name", params={"experiment_name": name}
+                )
+                experiment_id = found["experiment"]["experiment_id"]
+        self._experiments[name] = experiment_id
+        return experiment_id
+
+    async def create_run(
+        self, experiment_id: str, run_name: str, tags: dict[str, str], params: dict[str, Any]
+    ) -> dict:
+        created = await self._call(
+            "POST",
+            f"{API}/runs/create",
+            json={
+                "experiment_id": experiment_id,
+                "run_name": run_name,
+                "start_time": int(time.time() * 1000),
+                "tags": _tags(tags),
+            },
+        )
+        run = created["run"]["info"]
+        if params:
+            await self._call(
+                "POST",
+                f"{API}/runs/log-batch",
+                json={
+                    "run_id": run["run_id"],
+                    "params": [{"key": k, "value": _param_text(v)} for k, v in params.items()],
+                },
+            )
+        return run
+
+    async def upload_artifact(self, run: dict, local: Path, name: str) -> None:
+        artifact_uri = run["artifact_uri"]
+        prefix = "mlflow-artifacts:/"
+        if not artifact_uri.startswith(prefix):
+            return
+        path = artifact_uri[len(prefix):].strip("/") + "/" + name
+        await self._call("PUT", f"{ARTIFACTS}/{path}", content=local.read_bytes())
+
+    async def get_run(self, run_id: str) -> dict:
+        return (await self._call("GET", f"{API}/runs/get", params={"run_id": run_id}))["run"]
+
+    async def end_run(self, run_id: str, status: str) -> None:
+        """``status``: FINISHED, FAILED or KILLED. MLflow leaves runs of failed notebooks FINISHED
+        and of killed kernels RUNNING, so the platform sets the truth from the job's outcome."""
+        await self._call(
+            "POST",
+            f"{API}/runs/update",
+            json={"run_id": run_id, "status": status, "end_time": int(time.time() * 1000)},
+        )
+
+    async def metrics(self, run_id: str) -> dict[str, float]:
+        run = await self.get_run(run_id)
+        return {m["key"]: m["value"] for m in run.get("data", {}).get("metrics", [])}
+
+
+def _param_text(value: Any) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value)

@@ -1,0 +1,104 @@
+"""JupyterHub configuration of the embedded default, as started by `fermi up`.
+
+`fermi up` chooses the ports and the data dir and passes them in FERMI_* environment variables;
+everything else is here. Each part is a plain JupyterHub setting, so an operator who knows
+JupyterHub can read and change it.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+c = get_config()  # noqa: F821 — provided by JupyterHub
+
+data = Path(os.environ["FERMI_DATA_DIR"])
+ports = {name: int(os.environ[f"FERMI_{name.upper()}_PORT"])
+         for name in ("public", "hub", "proxy_api", "service", "tracking")}
+public_ip = os.environ.get("FERMI_IP", "127.0.0.1")
+public_url = os.environ["FERMI_PUBLIC_URL"]
+
+# -- the hub, its proxy and its database -------------------------------------------------------
+c.JupyterHub.ip = public_ip
+c.JupyterHub.port = ports["public"]
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = ports["hub"]
+c.JupyterHub.db_url = f"sqlite:///{data / 'jupyterhub.sqlite'}"
+c.JupyterHub.cookie_secret_file = str(data / "jupyterhub_cookie_secret")
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{ports['proxy_api']}"
+c.ConfigurableHTTPProxy.auth_token = os.environ["FERMI_PROXY_TOKEN"]
+c.ConfigurableHTTPProxy.pid_file = str(data / "jupyterhub-proxy.pid")
+# the proxy command installed with Fermi (the pure-Python configurable-http-proxy), found next to
+# this Python even when its bin folder is not on PATH
+c.ConfigurableHTTPProxy.command = [str(Path(sys.executable).parent / "configurable-http-proxy")]
+c.JupyterHub.log_datefmt = "%H:%M:%S"
+
+# -- login: hashed passwords, sign-up approved by an admin --------------------------------------
+c.JupyterHub.authenticator_class = "fermi_extension.authenticator.FermiAuthenticator"
+c.Authenticator.admin_users = {"admin"}
+c.NativeAuthenticator.open_signup = False
+# who may log in is decided by NativeAuthenticator's approval (an admin authorizes each sign-up)
+c.Authenticator.allow_all = True
+c.NativeAuthenticator.minimum_password_length = 8
+c.NativeAuthenticator.check_common_password = True
+
+admin_token = os.environ.get("FERMI_ADMIN_TOKEN")
+if admin_token:
+    # an admin API token for automation: it acts as the admin user on the hub and the platform
+    c.JupyterHub.api_tokens = {admin_token: "admin"}
+
+# -- dev environments ---------------------------------------------------------------------------
+c.JupyterHub.spawner_class = "fermi_spawner.local.FermiLocalSpawner"
+c.SimpleLocalProcessSpawner.home_dir_template = str(data / "users" / "{username}")
+c.Spawner.default_url = "/lab"
+c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
+c.Spawner.http_timeout = 60
+c.Spawner.server_token_scopes = [
+    "users:activity!user",
+    "access:servers!server",
+    # the dev server's extension calls the control plane as its user
+    "access:services!service=fermi",
+    "read:users:name!user",
+    "read:users:groups!user",
+]
+c.FermiLocalSpawner.fermi_api_url = f"http://127.0.0.1:{ports['service']}/services/fermi/api"
+
+# -- the platform's services: the control plane and the tracking server --------------------------
+keep = {k: os.environ[k] for k in ("HOME", "PATH", "LANG", "LC_ALL", "FERMI_ADMIN_TOKEN",
+                                    "FERMI_SERVICE_CONFIG", "FERMI_CATALOG", "FERMI_BACKEND")
+        if k in os.environ}
+tracking_uri = f"http://127.0.0.1:{ports['tracking']}"
+c.JupyterHub.services = [
+    {
+        "name": "fermi",
+        "display": True,
+        "url": f"http://127.0.0.1:{ports['service']}",
+        "command": [sys.executable, "-m", "fermi_extension.service.app"],
+        "environment": {
+            **keep,
+            "FERMI_DATA_DIR": str(data),
+            "FERMI_TRACKING_URI": tracking_uri,
+            "FERMI_PUBLIC_URL": public_url,
+        },
+        "oauth_no_confirm": True,
+    },
+    {
+        # no public route: users reach runs and models through the control plane
+        "name": "tracking",
+        "command": [sys.executable, "-m", "fermi_extension.tracking.server",
+                    "--data-dir", str(data / "mlflow"), "--port", str(ports["tracking"])],
+        "environment": keep,
+    },
+]
+c.JupyterHub.load_roles = [
+    {"name": "user", "scopes": ["self", "access:services!service=fermi"]},
+    {
+        "name": "fermi-control-plane",
+        "description": "What the control plane needs to know about users: names and groups",
+        "scopes": ["list:users", "read:users:name", "read:users:groups", "read:groups"],
+        "services": ["fermi"],
+    },
+]
+
+extra = os.environ.get("FERMI_HUB_CONFIG")
+if extra:  # operators and tests add to this configuration without copying it
+    load_subconfig(extra)  # noqa: F821
