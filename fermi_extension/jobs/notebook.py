@@ -30,6 +30,12 @@ def load_notebook(notebook: Any, *, max_bytes: int = MAX_NOTEBOOK_BYTES) -> dict
         raise InvalidInput(
             "`notebook` is not a Jupyter notebook: it needs `cells`, `metadata` and `nbformat`."
         )
+    kernelspec = (notebook.get("metadata") or {}).get("kernelspec") or {}
+    if not isinstance(kernelspec, dict) or not kernelspec.get("name"):
+        raise InvalidInput(
+            "The notebook has no kernel (metadata.kernelspec.name is missing): open it in "
+            "JupyterLab, pick a kernel, save, and submit again."
+        )
     try:
         node = nbformat.from_dict(notebook)
         if node.nbformat != 4:
@@ -39,17 +45,15 @@ def load_notebook(notebook: Any, *, max_bytes: int = MAX_NOTEBOOK_BYTES) -> dict
         raise InvalidInput(f"The notebook is not valid nbformat: {error.message}.") from None
     except Exception as error:  # nbformat raises several kinds for broken documents
         raise InvalidInput(f"The notebook is not valid nbformat: {error}.") from None
-    kernelspec = node.get("metadata", {}).get("kernelspec") or {}
-    if not kernelspec.get("name"):
-        raise InvalidInput(
-            "The notebook has no kernel (metadata.kernelspec.name is missing): open it in "
-            "JupyterLab, pick a kernel, save, and submit again."
-        )
     return json.loads(json.dumps(node))
 
 
 def _too_large(size: int, limit: int) -> str:
     return (
-        f"The notebook is {size / 1e6:.1f} MB, over the {limit / 1e6:.0f} MB limit: clear its "
+        f"The notebook is {_size(size)}, over the {_size(limit)} limit: clear its "
         "outputs (Edit → Clear Outputs of All Cells) and keep data in files, not in the notebook."
     )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"

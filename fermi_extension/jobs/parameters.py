@@ -73,10 +73,24 @@ def detect_parameters(notebook: dict) -> list[Parameter]:
         if annotation is not None:
             kind = ANNOTATIONS.get(ast.unparse(annotation), kind)
         line = lines[node.lineno - 1] if node.lineno - 1 < len(lines) else ""
-        comment = line.split("#", 1)[1].strip() if "#" in line else ""
+        comment = _comment(line)
         found = [p for p in found if p.name != target.id]
         found.append(Parameter(name=target.id, type=kind, default=default, help=comment))
     return found
+
+
+def _comment(line: str) -> str:
+    """The comment at the end of ``line`` (a '#' inside a string is not one)."""
+    import io
+    import tokenize
+
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(line).readline):
+            if token.type == tokenize.COMMENT:
+                return token.string.lstrip("#").strip()
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return ""
 
 
 def _conforms(value: Any, kind: str) -> bool:
@@ -122,6 +136,12 @@ def coerce_text(parameter: Parameter | None, text: str) -> Any:
     kind = parameter.type if parameter else "any"
     if kind == "str":
         return text
+    if kind in ("int", "float"):  # before YAML, which reads 1e-3 as a string
+        for number in (int, float) if kind == "int" else (float,):
+            try:
+                return number(text)
+            except ValueError:
+                pass
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:

@@ -185,13 +185,21 @@ class JobService:
         available, reason = self.backend.availability(profile, pool)
         if not available:
             raise Unprocessable(reason)
+        if profile.gpu > pool.gpus and profile.gpu > 0:
+            raise Unprocessable(
+                f"Profile {profile.slug!r} asks for {profile.gpu} GPUs but its pool {pool.slug!r} "
+                f"has {pool.gpus}: the job could never start. Ask an admin to fix the profile."
+            )
         if profile.allowed_groups and not caller.admin and not (
             set(profile.allowed_groups) & set(caller.groups)
         ):
             raise NotFound(f"Unknown profile {profile.slug!r} (not offered to you).")
         notebook_name = request.notebook_name or "notebook.ipynb"
         name = request.name or default_job_name(notebook_name)
-        check_job_name(name)
+        try:
+            check_job_name(name)
+        except ValueError as error:
+            raise InvalidInput(f"{str(error)[0].upper()}{str(error)[1:]}.") from None
         if "/" in notebook_name or "\\" in notebook_name or notebook_name.startswith("."):
             notebook_name = Path(notebook_name.replace("\\", "/")).name or "notebook.ipynb"
         spec: RuntimeSpec = runtime_spec(image, profile)
@@ -344,12 +352,12 @@ class JobRunner:
 
     async def _loop(self) -> None:
         while not self._stopping:
+            self._wake.clear()  # before dispatching: a wake-up during dispatch is not lost
             try:
                 delay = await self.dispatch()
             except Exception:
                 log.exception("dispatch failed")
                 delay = self.retry_interval
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except asyncio.TimeoutError:

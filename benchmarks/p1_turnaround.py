@@ -1,0 +1,175 @@
+"""P1: job turnaround — wall time from POST /jobs to `succeeded` for a 2-cell notebook, against
+the bare papermill CLI on the same notebook, interleaved in one run.
+
+    .venv/bin/python benchmarks/p1_turnaround.py [--runs 7] [--json out.json]
+
+Goal: median(platform) / median(papermill CLI) <= 0.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import API, ENDED, Platform, log, machine, make_notebook, median, write_json
+
+POLL = 0.020
+GOAL = 0.5
+
+
+def utc_epoch(text: str | None) -> float | None:
+    if not text:
+        return None
+    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc).timestamp()
+
+
+def run_platform_job(platform: Platform, client, notebook: dict, timeout: float = 120) -> dict:
+    t_post = time.time()
+    t0 = time.perf_counter()
+    response = client.post(f"{API}/jobs", json={"notebook": notebook, "parameters": {"x": 2}})
+    t_accepted = time.perf_counter()
+    if response.status_code != 201:
+        raise RuntimeError(f"POST /jobs: {response.status_code} {response.text[:300]}")
+    job_id = response.json()["id"]
+    deadline = t0 + timeout
+    polls = 0
+    while True:
+        job = client.get(f"{API}/jobs/{job_id}").json()
+        polls += 1
+        if job["status"] in ENDED:
+            break
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"job {job_id} still {job['status']} after {timeout} s")
+        time.sleep(POLL)
+    wall = time.perf_counter() - t0
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"job {job_id} ended {job['status']}: {job.get('reason')}")
+    # where the time went (client clock and DB clock are the same machine's)
+    files = platform.data / "jobs" / job_id
+    started_event = next((e for e in job["events"] if e["kind"] == "started"), None)
+    marks = {
+        "created_at": utc_epoch(job["created_at"]),
+        "started_at": utc_epoch(job["started_at"]),
+        "started_event": utc_epoch(started_event["at"]) if started_event else None,
+        "process_start": (files / "process.json").stat().st_mtime if (files / "process.json").exists() else None,
+        "process_result": (files / "result.json").stat().st_mtime if (files / "result.json").exists() else None,
+        "finished_at": utc_epoch(job["finished_at"]),
+    }
+    seen = t_post + wall
+    phases = {}
+    order = ["created_at", "started_at", "started_event", "process_start", "process_result",
+             "finished_at"]
+    prev_name, prev = "post", t_post
+    for name in order:
+        if marks[name] is not None:
+            phases[f"{prev_name}->{name}"] = round(marks[name] - prev, 3)
+            prev_name, prev = name, marks[name]
+    phases[f"{prev_name}->seen_by_client"] = round(seen - prev, 3)
+    return {"id": job_id, "wall": wall, "post_latency": t_accepted - t0, "polls": polls,
+            "phases": phases}
+
+
+def run_papermill(workdir: Path, notebook_path: Path) -> float:
+    papermill = str(Path(sys.executable).parent / "papermill")
+    out = workdir / "out.ipynb"
+    t0 = time.perf_counter()
+    result = subprocess.run([papermill, str(notebook_path), str(out), "-p", "x", "2"],
+                            cwd=workdir, capture_output=True, text=True, timeout=120)
+    wall = time.perf_counter() - t0
+    if result.returncode != 0:
+        raise RuntimeError(f"papermill failed ({result.returncode}): {result.stderr[-1000:]}")
+    return wall
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--keep", action="store_true", help="keep the temp data dir")
+    args = parser.parse_args()
+
+    info = machine()
+    log(f"machine: {info}")
+    tmp = Path(tempfile.mkdtemp(prefix="fermi-p1-"))
+    notebook = make_notebook("y = x * 2", parameters="x = 1")
+    nb_path = tmp / "in.ipynb"
+    nb_path.write_text(json.dumps(notebook))
+    platform = Platform(tmp / "data")
+    result: dict = {"benchmark": "P1", "machine": info, "runs": args.runs, "poll_s": POLL}
+    try:
+        platform.start()
+        log(f"platform up in {platform.start_seconds:.1f} s on port {platform.port} ({platform.data})")
+        token = platform.create_user("p1user")
+        with platform.client(token) as client:
+            log("warm-up: one platform job and one papermill run (not counted)")
+            warm_job = run_platform_job(platform, client, notebook)
+            warm_pm = run_papermill(tmp, nb_path)
+            log(f"  warm-up platform {warm_job['wall']:.3f} s {warm_job['phases']}, "
+                f"papermill {warm_pm:.3f} s")
+            fermi_runs, pm_runs = [], []
+            for i in range(args.runs):
+                # alternate which goes first so neither always follows the other
+                order = ("fermi", "papermill") if i % 2 == 0 else ("papermill", "fermi")
+                for which in order:
+                    if which == "fermi":
+                        run = run_platform_job(platform, client, notebook)
+                        fermi_runs.append(run)
+                        log(f"  run {i + 1} platform  {run['wall']:.3f} s  {run['phases']}")
+                    else:
+                        wall = run_papermill(tmp, nb_path)
+                        pm_runs.append(wall)
+                        log(f"  run {i + 1} papermill {wall:.3f} s")
+        fermi_median = median([r["wall"] for r in fermi_runs])
+        pm_median = median(pm_runs)
+        ratio = fermi_median / pm_median
+        phase_names = list(fermi_runs[0]["phases"])
+        phase_medians = {
+            name: round(median([r["phases"].get(name, 0.0) for r in fermi_runs]), 3)
+            for name in phase_names
+        }
+        result.update({
+            "platform_seconds": [round(r["wall"], 3) for r in fermi_runs],
+            "papermill_seconds": [round(w, 3) for w in pm_runs],
+            "platform_median_s": round(fermi_median, 3),
+            "papermill_median_s": round(pm_median, 3),
+            "ratio": round(ratio, 3),
+            "goal": f"ratio <= {GOAL}",
+            "pass": ratio <= GOAL,
+            "platform_phase_medians_s": phase_medians,
+            "post_latency_median_ms": round(median([r["post_latency"] for r in fermi_runs]) * 1000, 1),
+            "warmup": {"platform_s": round(warm_job["wall"], 3), "papermill_s": round(warm_pm, 3),
+                       "platform_phases_s": warm_job["phases"]},
+            "platform_start_s": round(platform.start_seconds, 1),
+            "loadavg_at_end": os.getloadavg(),
+        })
+        print()
+        print(f"P1 platform POST->succeeded median: {fermi_median:.3f} s  (runs: {result['platform_seconds']})")
+        print(f"P1 papermill CLI median:            {pm_median:.3f} s  (runs: {result['papermill_seconds']})")
+        print(f"P1 ratio: {ratio:.3f}  goal <= {GOAL}: {'PASS' if ratio <= GOAL else 'FAIL'}")
+        print(f"P1 platform phase medians (s): {phase_medians}")
+    except Exception as error:
+        result["error"] = f"{type(error).__name__}: {error}"
+        log(f"ERROR: {result['error']}")
+        log("hub.log tail:\n" + platform.log_tail(80))
+    finally:
+        platform.stop()
+        result["leftover_processes"] = getattr(platform, "leftovers", [])
+        if args.json:
+            write_json(args.json, result)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            log(f"kept {tmp}")
+    return 0 if result.get("pass") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

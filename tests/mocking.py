@@ -1,0 +1,55 @@
+"""Test doubles.
+
+``FakeBackend`` stands in for process launching only: the job service asks a backend whether a
+profile can run here, and the runner hands attempts to it. Unit tests need neither real processes
+nor a cluster for that; the hub-level tests run jobs for real through the local backend.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+from traitlets import Bool, Unicode
+
+from fermi_extension.catalog.model import Pool, Profile
+from fermi_extension.jobs.backend import Handle, JobBackend, JobLaunch, Outcome
+from fermi_extension.jobs.files import JobFiles
+
+
+class FakeBackend(JobBackend):
+    """Attempts are recorded, not run; each ends at once with ``result``."""
+
+    has_gpu = Bool(False, help="Whether GPU profiles can run here (default: no).").tag(config=True)
+    no_gpu_reason = Unicode(
+        "This machine has no GPU: choose a CPU profile.",
+        help="What `availability` answers for a GPU profile when `has_gpu` is False.",
+    ).tag(config=True)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.launches: list[JobLaunch] = []
+        self.killed: list[Handle] = []
+        self.result = Outcome("succeeded")
+        self._pids = itertools.count(1000)
+
+    def availability(self, profile: Profile, pool: Pool) -> tuple[bool, str | None]:
+        if profile.gpu and not self.has_gpu:
+            return False, self.no_gpu_reason
+        return True, None
+
+    async def launch(self, launch: JobLaunch) -> Handle:
+        self.launches.append(launch)
+        return Handle(next(self._pids), time.time())
+
+    async def wait(self, handle: Handle, files: JobFiles, timeout: float | None) -> Outcome:
+        return self.result
+
+    def alive(self, handle: Handle) -> bool:
+        return False
+
+    async def kill(self, handle: Handle) -> None:
+        self.killed.append(handle)
+
+    def outcome(self, files: JobFiles) -> Outcome:
+        return self.result

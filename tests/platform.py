@@ -1,0 +1,131 @@
+"""Starting and driving a real Fermi platform in tests (see conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import nbformat
+
+from fermi_extension.processes import free_port
+
+FERMI = [sys.executable, "-m", "fermi_extension.cli"]
+ENDED = ("succeeded", "failed", "cancelled")
+
+
+def make_notebook(*sources: str, parameters: str = "x = 1") -> dict:
+    """A notebook with a ``parameters`` cell and the given code cells."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    cell = nbformat.v4.new_code_cell(parameters)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell] + [nbformat.v4.new_code_cell(s) for s in (sources or ("y = x * 2",))]
+    return json.loads(nbformat.writes(nb))
+
+
+@dataclass
+class User:
+    name: str
+    token: str
+    base: str
+    http: httpx.Client = field(init=False)
+
+    def __post_init__(self):
+        self.http = httpx.Client(
+            base_url=self.base, headers={"Authorization": f"token {self.token}"}, timeout=60
+        )
+
+    def api(self, method: str, path: str, **kwargs) -> httpx.Response:
+        return self.http.request(method, f"/services/fermi/api/{path.lstrip('/')}", **kwargs)
+
+    def submit(self, notebook: dict, expect: int = 201, **fields) -> dict:
+        response = self.api("POST", "jobs", json={"notebook": notebook, **fields})
+        assert response.status_code == expect, response.text
+        return response.json()
+
+    def job(self, job_id: str) -> dict:
+        response = self.api("GET", f"jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait(self, job_id: str, statuses=ENDED, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["status"] in statuses:
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s: {job}")
+            time.sleep(0.2)
+
+
+class Platform:
+    def __init__(self, data: Path, port: int, process: subprocess.Popen, admin_token: str):
+        self.data, self.port, self.process = data, port, process
+        self.url = f"http://127.0.0.1:{port}"
+        self.admin_token = admin_token
+        self.admin = User("admin", admin_token, self.url)
+
+    @property
+    def ports(self) -> dict:
+        return json.loads((self.data / "platform.json").read_text())["ports"]
+
+    @property
+    def tracking_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['tracking']}"
+
+    def user(self, name: str, groups: list[str] | None = None) -> User:
+        hub = self.admin.http
+        response = hub.post(f"/hub/api/users/{name}")
+        assert response.status_code in (201, 409), response.text
+        for group in groups or []:
+            hub.post(f"/hub/api/groups/{group}")
+            hub.post(f"/hub/api/groups/{group}/users", json={"users": [name]})
+        token = hub.post(f"/hub/api/users/{name}/tokens", json={"note": "tests"}).json()["token"]
+        return User(name, token, self.url)
+
+    def log_tail(self, lines: int = 80) -> str:
+        path = self.data / "logs" / "hub.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 90) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_platform(data: Path, port: int | None = None, admin_token: str = "test-admin-token",
+                   timeout: float = 180, env: dict | None = None) -> Platform:
+    port = port or free_port()
+    process = subprocess.Popen(
+        [*FERMI, "up", "--data-dir", str(data), "--port", str(port)],
+        env={**os.environ, "FERMI_ADMIN_TOKEN": admin_token, **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    platform = Platform(Path(data), port, process, admin_token)
+    deadline = time.monotonic() + timeout
+    output = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        output.append(line)
+        if line.startswith("Fermi is running at"):
+            # keep draining the pipe so that `fermi up` never blocks on a full one
+            import threading
+
+            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
+            return platform
+    platform.stop()
+    raise RuntimeError("fermi up did not start:\n" + "".join(output) + "\n" + platform.log_tail())
