@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from nativeauthenticator import NativeAuthenticator
+from nativeauthenticator import handlers as native_handlers
 from traitlets import Unicode, default
 
 
@@ -30,3 +31,27 @@ class FermiAuthenticator(NativeAuthenticator):
         if self.first_admin_password and self.get_user(self.first_admin) is None:
             self.create_user(self.first_admin, self.first_admin_password)
             self.log.info("Created the first admin account %r", self.first_admin)
+
+    def get_handlers(self, app):
+        return [
+            (pattern, LoginHandler if handler is native_handlers.LoginHandler else handler)
+            for pattern, handler in super().get_handlers(app)
+        ]
+
+
+class _NoStats:
+    """NativeAuthenticator 1.3 still times logins with ``self.statsd``, which JupyterHub 6
+    removed: without this every login answers 500."""
+
+    def timer(self, *_args):
+        return self
+
+    def start(self):
+        return self
+
+    def stop(self, **_kwargs):
+        return None
+
+
+class LoginHandler(native_handlers.LoginHandler):
+    statsd = _NoStats()

@@ -72,6 +72,7 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_owner_created", "owner", "created_at"),
         Index("ix_jobs_status_priority", "status", "priority", "created_at"),
+        Index("ix_jobs_created", "created_at", "id"),  # the admins' list of everyone's jobs
     )
 
 

@@ -98,3 +98,23 @@ def test_openapi_document_describes_every_route(platform):
     create = doc["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert create["$ref"].endswith("/CreateJob")
     assert "notebook" in doc["components"]["schemas"]["CreateJob"]["properties"]
+
+
+def test_hub_login_cookie_reaches_the_control_plane(platform):
+    """A person logs into the hub (NativeAuthenticator, hashed password) and the control plane
+    accepts them through the hub's OAuth cookie; cookie-authenticated writes need the XSRF token."""
+    password = (platform.data / "admin-password").read_text().strip()
+    with httpx.Client(base_url=platform.url, follow_redirects=True, timeout=30) as browser:
+        browser.get("/hub/login")
+        wrong = browser.post("/hub/login", data={"username": "admin", "password": "nope",
+                                                 "_xsrf": browser.cookies.get("_xsrf", "")})
+        assert "Invalid" in wrong.text or wrong.status_code in (401, 403)
+        browser.post("/hub/login", data={"username": "admin", "password": password,
+                                         "_xsrf": browser.cookies.get("_xsrf", "")})
+        page = browser.get("/services/fermi/")
+        assert page.status_code == 200 and "Signed in as <b>admin</b>" in page.text
+        listed = browser.get("/services/fermi/api/jobs")
+        assert listed.status_code == 200 and "jobs" in listed.json()
+        forged = browser.post("/services/fermi/api/jobs", json={"notebook": {}})
+        # without the XSRF token the cookie does not count: a cross-site form cannot submit jobs
+        assert forged.status_code in (401, 403)

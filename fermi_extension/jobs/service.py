@@ -304,6 +304,7 @@ class JobRunner:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._warm = asyncio.create_task(self.tracker.warm_up())
         await self.reconcile()
         self._task = asyncio.create_task(self._loop())
 

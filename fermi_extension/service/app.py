@@ -22,11 +22,13 @@ from .. import __version__
 from ..catalog.store import CatalogStore, load_catalog_file
 from ..db import make_session_factory
 from ..jobs.backend import JobBackend
+from ..jobs.notebook import warm_up as warm_up_notebook_validation
 from ..jobs.service import JobRunner, JobService
 from ..paths import shipped
 from ..processes import die_with_parent
 from ..tracking.client import Tracker
 from . import api_catalog, api_jobs
+from .pages import HomeHandler
 from .openapi import HealthHandler, OpenAPIHandler, build_openapi, tornado_pattern
 
 ROUTES = [*api_catalog.routes, *api_jobs.routes]
@@ -120,6 +122,7 @@ class FermiService(Application):
         self.job_backend = self.job_backend_class(parent=self)
         self.tracker = Tracker(self.tracking_uri)
         jobs_dir = Path(self.data_dir) / "jobs"
+        warm_up_notebook_validation()
         self.runner = JobRunner(self.session_factory, self.catalog, self.job_backend, self.tracker,
                                 jobs_dir, tracking_uri=self.tracking_uri)
         self.jobs = JobService(self.session_factory, self.catalog, self.job_backend, jobs_dir,
@@ -127,7 +130,8 @@ class FermiService(Application):
 
     def make_app(self) -> web.Application:
         prefix = self.prefix.rstrip("/")
-        hub_auth = HubOAuth(cache_max_age=60)
+        # the one instance HubOAuthenticated handlers share (OAuth state lives in it)
+        hub_auth = HubOAuth.instance(cache_max_age=60)
         base = self.public_url.rstrip("/") + prefix
         self.openapi = build_openapi(ROUTES, base + "/api", __version__)
         handlers = [
@@ -136,6 +140,7 @@ class FermiService(Application):
             (prefix + "/api/openapi.json", OpenAPIHandler),
             (prefix + "/api/health", HealthHandler),
             (prefix + "/oauth_callback", HubOAuthCallbackHandler),
+            (prefix + "/?", HomeHandler),
         ]
         return web.Application(
             handlers,
@@ -146,6 +151,8 @@ class FermiService(Application):
             catalog=self.catalog,
             job_backend=self.job_backend,
             openapi=self.openapi,
+            prefix=self.prefix,
+            login_url=hub_auth.login_url,
             xsrf_cookies=False,
         )
 

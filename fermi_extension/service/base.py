@@ -48,10 +48,6 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
     """Base of every API handler: authenticated on every verb."""
 
     @property
-    def hub_auth(self):
-        return self.settings["hub_auth"]
-
-    @property
     def caller(self) -> Caller:
         model = self.current_user
         if not model:

@@ -62,6 +62,17 @@ class Tracker:
             return False
         return response.status_code == 200
 
+    async def warm_up(self, attempts: int = 60) -> None:
+        """Make the server create its database on our time, not the first job's."""
+        import asyncio
+
+        for _ in range(attempts):
+            try:
+                await self._call("GET", f"{API}/experiments/search", params={"max_results": 1})
+                return
+            except TrackingError:
+                await asyncio.sleep(1)
+
     async def experiment_id(self, name: str) -> str:
         """Id of the experiment ``name``, created on first use."""
         if name in self._experiments:
