@@ -37,6 +37,8 @@ def _print_job(job: dict) -> None:
         print("  parameters: " + ", ".join(f"{k}={v!r}" for k, v in job["parameters"].items()))
     if job.get("metrics"):
         print("  metrics: " + ", ".join(f"{k}={v:g}" for k, v in job["metrics"].items()))
+    for model in job.get("models") or []:
+        print(f"  registered model: {model['name']} version {model['version']}")
     if job.get("duration_seconds") is not None:
         print(f"  duration: {job['duration_seconds']:.1f} s")
 

@@ -68,6 +68,7 @@ class Job(Base):
     tracking_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
     tracking_experiment_id: Mapped[str | None] = mapped_column(String(64), default=None)
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    models: Mapped[list] = mapped_column(JSON, default=list)  # versions this job registered
 
     __table_args__ = (
         Index("ix_jobs_owner_created", "owner", "created_at"),

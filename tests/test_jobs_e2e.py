@@ -47,6 +47,7 @@ def test_template_job_is_tracked_and_registers_its_model(platform, alice, templa
     # the model version's lineage leads back to this job's run
     versions = registered_versions(platform, model_name)
     assert [v["run_id"] for v in versions] == [done["tracking_run_id"]]
+    assert done["models"] == [{"name": model_name, "version": versions[0]["version"]}]
     run = httpx.get(f"{platform.tracking_url}/api/2.0/mlflow/runs/get",
                     params={"run_id": done["tracking_run_id"]}).json()["run"]
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
@@ -170,6 +171,7 @@ def test_cli_submits_waits_and_shows(platform, alice, template, tmp_path):
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "succeeded" in run.stdout and "accuracy=" in run.stdout
+    assert "registered model" not in run.stdout  # model_name "" skips registration
     job_id = run.stdout.split()[2]
     assert alice.job(job_id)["parameters"] == {"C": 2.0, "model_name": ""}
     listing = subprocess.run([sys.executable, "-m", "fermi_extension.cli", "jobs", "list"],

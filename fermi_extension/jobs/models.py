@@ -58,6 +58,11 @@ class JobEventOut(BaseModel):
     message: str
 
 
+class RegisteredVersion(BaseModel):
+    name: str
+    version: str
+
+
 class DescribeJob(BaseModel):
     id: str
     name: str
@@ -79,6 +84,9 @@ class DescribeJob(BaseModel):
     duration_seconds: float | None
     progress: JobProgress
     metrics: dict[str, float]
+    models: list[RegisteredVersion] = Field(
+        default_factory=list, description="model versions this job registered"
+    )
     tracking_run_id: str | None
     queue_position: int | None = None
     events: list[JobEventOut] | None = None

@@ -76,7 +76,7 @@ def describe(job: Job, *, events: list[JobEvent] | None = None, position: int | 
         timeout_seconds=job.timeout_seconds, attempt=job.attempt, max_retries=job.max_retries,
         retry_of=job.retry_of, created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at, duration_seconds=duration, progress=progress,
-        metrics=job.metrics or {}, tracking_run_id=job.tracking_run_id,
+        metrics=job.metrics or {}, models=job.models or [], tracking_run_id=job.tracking_run_id,
         queue_position=position,
         events=None if events is None else [
             {"at": e.at, "kind": e.kind, "message": e.message} for e in events
@@ -491,10 +491,12 @@ class JobRunner:
             job = session.get(Job, job_id)
             run_id = job.tracking_run_id
         metrics: dict[str, float] = {}
+        models: list[dict] = []
         if run_id:
             try:
                 run = await self.tracker.get_run(run_id)
                 metrics = {m["key"]: m["value"] for m in run.get("data", {}).get("metrics", [])}
+                models = await self.tracker.registered_versions(run_id)
                 if files.output.exists():
                     await self.tracker.upload_artifact(run["info"], files.output, "output.ipynb")
             except TrackingError as error:
@@ -513,7 +515,7 @@ class JobRunner:
                     job.status, job.reason, job.finished_at = outcome.status, outcome.reason, ended
                     self.event(session, job, outcome.status, outcome.reason or "finished")
             run_status = {"succeeded": "FINISHED", "cancelled": "KILLED"}.get(job.status, "FAILED")
-            job.metrics = metrics
+            job.metrics, job.models = metrics, models
             job.progress = read_json(files.progress) or job.progress or {}
             job.pid = job.pid_started = None
             runtime = job.runtime

@@ -134,6 +134,14 @@ class Tracker:
     async def get_run(self, run_id: str) -> dict:
         return (await self._call("GET", f"{API}/runs/get", params={"run_id": run_id}))["run"]
 
+    async def registered_versions(self, run_id: str) -> list[dict]:
+        """Model versions registered from ``run_id``: [{"name", "version"}]."""
+        found = await self._call(
+            "GET", f"{API}/model-versions/search", params={"filter": f"run_id='{run_id}'"}
+        )
+        return [{"name": v["name"], "version": v["version"]}
+                for v in found.get("model_versions", [])]
+
     async def end_run(self, run_id: str, status: str) -> None:
         """``status``: FINISHED, FAILED or KILLED. MLflow leaves runs of failed notebooks FINISHED
         and of killed kernels RUNNING, so the platform sets the truth from the job's outcome."""
