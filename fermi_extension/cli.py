@@ -14,7 +14,8 @@ ENDED = ("succeeded", "failed", "cancelled")
 def cmd_up(args) -> int:
     from .up import Platform
 
-    return Platform(args.port, args.ip, args.data_dir, args.public_url, args.log_to_terminal).run()
+    return Platform(args.port, args.ip, args.data_dir, args.public_url, args.log_to_terminal,
+                    serving_port=args.serving_port).run()
 
 
 def _client(args):
@@ -148,6 +149,115 @@ def cmd_catalog(args) -> int:
     return 0
 
 
+def cmd_models_list(args) -> int:
+    models = _client(args).get("models")["models"]
+    if not models:
+        print("No models yet. A training job registers one with "
+              "mlflow.sklearn.log_model(..., registered_model_name=NAME).")
+    for model in models:
+        shared = f"  shared with {', '.join(model['groups'])}" if model["groups"] else ""
+        print(f"{model['name']:<30} latest v{model['latest_version']}  ({model['owner']}){shared}")
+    return 0
+
+
+def cmd_models_show(args) -> int:
+    model = _client(args).get(f"models/{args.name}")
+    if args.json:
+        print(json.dumps(model, indent=2))
+        return 0
+    print(f"{model['name']} ({model['owner']})")
+    for version in model["versions"]:
+        job = version.get("job") or {}
+        lineage = ""
+        if job:
+            metrics = ", ".join(f"{k}={v:g}" for k, v in job["metrics"].items())
+            params = ", ".join(f"{k}={v!r}" for k, v in job["parameters"].items())
+            lineage = f"  job {job['id']} ({job['notebook_name']}) {params}  {metrics}"
+        print(f"  v{version['version']}  {version['created_at']}{lineage}")
+    return 0
+
+
+def _print_deployment(d: dict) -> None:
+    print(f"{d['name']}  {d['status']}  {d['model']} v{d['version']}  replicas "
+          f"{sum(r['state'] == 'ready' for r in d['replicas'])}/{d['desired_replicas']} "
+          f"({d['min_replicas']}–{d['max_replicas']}, target {d['target_concurrency']:g})")
+    print(f"  url: {d['url']}")
+    for revision in d["revisions"]:
+        print(f"  revision {revision['name']} v{revision['version']} {revision['role']}: "
+              f"{revision['traffic_percent']}% of traffic, {revision['ready_replicas']} ready")
+    if d.get("reason"):
+        print(f"  reason: {d['reason']}")
+    if d.get("api_key"):
+        print(f"  API key (shown once): {d['api_key']}")
+        print(f"  try: curl -H 'Authorization: Bearer {d['api_key']}' {d['url']}/v2/models/{d['model']}")
+
+
+def cmd_deploy(args) -> int:
+    body = {"name": args.name or args.model.lower().replace("_", "-")[:40], "model": args.model,
+            "version": args.version, "profile": args.profile, "engine": args.engine,
+            "min_replicas": args.min, "max_replicas": args.max, "target_concurrency": args.target}
+    client = _client(args)
+    deployment = client.post("deployments", {k: v for k, v in body.items() if v is not None})
+    _print_deployment(deployment)
+    if args.wait:
+        while deployment["status"] not in ("ready", "failed"):
+            time.sleep(0.5)
+            deployment = client.get(f"deployments/{deployment['name']}")
+        print(f"  {deployment['status']}")
+        return 0 if deployment["status"] == "ready" else 1
+    return 0
+
+
+def cmd_deployments_list(args) -> int:
+    deployments = _client(args).get("deployments")["deployments"]
+    if not deployments:
+        print("No inference services yet. Deploy a model: fermi deploy MODEL --version V")
+    for d in deployments:
+        _print_deployment(d)
+    return 0
+
+
+def cmd_deployments_show(args) -> int:
+    d = _client(args).get(f"deployments/{args.name}")
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    _print_deployment(d)
+    for e in (d.get("events") or [])[-10:]:
+        print(f"  {e['at']}  {e['kind']}: {e['message'].splitlines()[0]}")
+    return 0
+
+
+def _patch(args, body: dict) -> int:
+    d = _client(args).request("PATCH", f"deployments/{args.name}", json=body).json()
+    _print_deployment(d)
+    return 0
+
+
+def cmd_deployments_scale(args) -> int:
+    body = {"min_replicas": args.min, "max_replicas": args.max, "target_concurrency": args.target}
+    return _patch(args, {k: v for k, v in body.items() if v is not None})
+
+
+def cmd_deployments_canary(args) -> int:
+    return _patch(args, {"canary": {"version": args.version, "traffic_percent": args.percent}})
+
+
+def cmd_deployments_action(args) -> int:
+    return _patch(args, {"action": args.action})
+
+
+def cmd_deployments_delete(args) -> int:
+    if not args.yes:
+        answer = input(f"Delete inference service {args.name!r}? Its URL stops answering. [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Not deleted.")
+            return 1
+    _client(args).request("DELETE", f"deployments/{args.name}")
+    print(f"Deleting {args.name}: replicas drain, then stop.")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="fermi", description="Fermi (费米集群): a Jupyter-native AI platform")
     top.add_argument("--url", help="hub URL (default: $FERMI_URL or http://127.0.0.1:8000)")
@@ -155,6 +265,8 @@ def parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start the whole platform on this machine")
     up.add_argument("--port", type=int, default=8000, help="public port (default 8000)")
+    up.add_argument("--serving-port", type=int,
+                    help="port of the inference services' router (default: PORT + 1)")
     up.add_argument("--ip", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     up.add_argument("--data-dir", default="fermi-data", help="where all state lives (default ./fermi-data)")
     up.add_argument("--public-url", help="URL users reach the hub at, if not http://IP:PORT")
@@ -193,6 +305,56 @@ def parser() -> argparse.ArgumentParser:
             action.add_argument("-f", "--follow", action="store_true")
         if name == "output":
             action.add_argument("-o", "--output", default="output.ipynb")
+
+    models = sub.add_parser("models", help="the model repository").add_subparsers(dest="action", required=True)
+    models.add_parser("list", help="models you can see").set_defaults(func=cmd_models_list)
+    show_model = models.add_parser("show", help="a model's versions and lineage")
+    show_model.add_argument("name")
+    show_model.add_argument("--json", action="store_true")
+    show_model.set_defaults(func=cmd_models_show)
+
+    deploy = sub.add_parser("deploy", help="promote a model version to an inference service")
+    deploy.add_argument("model")
+    deploy.add_argument("--version", required=True)
+    deploy.add_argument("--name", help="deployment name (default: the model's)")
+    deploy.add_argument("--profile")
+    deploy.add_argument("--engine", choices=["auto", "sklearn", "mlflow", "vllm"])
+    deploy.add_argument("--min", type=int, help="minimum replicas")
+    deploy.add_argument("--max", type=int, help="maximum replicas")
+    deploy.add_argument("--target", type=float, help="in-flight requests per replica to aim at")
+    deploy.add_argument("--wait", action="store_true", help="wait until it is ready")
+    deploy.set_defaults(func=cmd_deploy)
+
+    deployments = sub.add_parser("deployments", help="inference services").add_subparsers(
+        dest="action", required=True)
+    deployments.add_parser("list").set_defaults(func=cmd_deployments_list)
+    show_d = deployments.add_parser("show")
+    show_d.add_argument("name")
+    show_d.add_argument("--json", action="store_true")
+    show_d.set_defaults(func=cmd_deployments_show)
+    scale = deployments.add_parser("scale", help="change bounds or target")
+    scale.add_argument("name")
+    scale.add_argument("--min", type=int)
+    scale.add_argument("--max", type=int)
+    scale.add_argument("--target", type=float)
+    scale.set_defaults(func=cmd_deployments_scale)
+    canary = deployments.add_parser("canary", help="send a share of traffic to another version")
+    canary.add_argument("name")
+    canary.add_argument("--version", required=True)
+    canary.add_argument("--percent", type=int, required=True)
+    canary.set_defaults(func=cmd_deployments_canary)
+    for action, help_ in (("promote", "make the canary the only revision"),
+                          ("rollback", "send all traffic back to the stable revision"),
+                          ("stop", "stop the replicas, keep the service declared"),
+                          ("start", "start a stopped service again"),
+                          ("rotate-key", "issue a new API key")):
+        p = deployments.add_parser(action, help=help_)
+        p.add_argument("name")
+        p.set_defaults(func=cmd_deployments_action, action=action)
+    delete = deployments.add_parser("delete", help="delete an inference service")
+    delete.add_argument("name")
+    delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    delete.set_defaults(func=cmd_deployments_delete)
 
     catalog = sub.add_parser("catalog", help="images and profiles")
     catalog.add_argument("what", choices=["images", "profiles"])

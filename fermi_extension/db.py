@@ -152,3 +152,87 @@ def make_session_factory(url: str) -> sessionmaker:
 
     Base.metadata.create_all(engine)
     return sessionmaker(engine, expire_on_commit=False)
+
+
+class RegisteredModel(Base):
+    """Who owns a model of the MLflow registry and who it is shared with (versions live there)."""
+
+    __tablename__ = "registered_models"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    groups: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
+
+
+class Deployment(Base):
+    """An inference service: its declared state. Replicas are reconciled towards it."""
+
+    __tablename__ = "deployments"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    model: Mapped[str] = mapped_column(String(255))
+    engine: Mapped[str] = mapped_column(String(32))
+    profile: Mapped[str] = mapped_column(String(63))
+    runtime: Mapped[dict] = mapped_column(JSON)
+    min_replicas: Mapped[int] = mapped_column(Integer)
+    max_replicas: Mapped[int] = mapped_column(Integer)
+    target_concurrency: Mapped[float] = mapped_column(Float)
+    scale_down_delay_seconds: Mapped[int] = mapped_column(Integer, default=30)
+    desired_replicas: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    stable_revision: Mapped[str] = mapped_column(String(16))
+    canary_revision: Mapped[str | None] = mapped_column(String(16), default=None)
+    canary_percent: Mapped[int] = mapped_column(Integer, default=0)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
+    stopped: Mapped[bool] = mapped_column(default=False)
+
+
+class Revision(Base):
+    """One model version of a deployment (r1, r2, …); a canary is a second live revision."""
+
+    __tablename__ = "revisions"
+
+    deployment: Mapped[str] = mapped_column(
+        ForeignKey("deployments.name", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)
+    version: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
+
+
+class Replica(Base):
+    """A model-server process of a revision."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    deployment: Mapped[str] = mapped_column(
+        ForeignKey("deployments.name", ondelete="CASCADE"), index=True
+    )
+    revision: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), default="starting")  # starting|ready|draining
+    url: Mapped[str | None] = mapped_column(String(255), default=None)
+    pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    pid_started: Mapped[float | None] = mapped_column(Float, default=None)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
+    ready_at: Mapped[dt.datetime | None] = mapped_column(DateTime, default=None)
+    draining_since: Mapped[dt.datetime | None] = mapped_column(DateTime, default=None)
+
+
+class DeploymentEvent(Base):
+    """Scaling decisions and their reasons, crashes, canary steps: what users see as events."""
+
+    __tablename__ = "deployment_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment: Mapped[str] = mapped_column(
+        ForeignKey("deployments.name", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+    replicas: Mapped[int | None] = mapped_column(Integer, default=None)

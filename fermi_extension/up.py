@@ -25,13 +25,13 @@ from .processes import die_with_parent, free_port, identity, is_alive, port_is_f
 PORT_NAMES = ("hub", "proxy_api", "service", "tracking")
 
 
-def _state(data: Path, public_port: int) -> dict:
+def _state(data: Path, public_port: int, serving_port: int) -> dict:
     """Ports and secrets kept across restarts, so that jobs still running after a crash find the
     tracking server where they left it."""
     path = data / "platform.json"
     state = json.loads(path.read_text()) if path.exists() else {}
     ports = state.get("ports", {})
-    taken = {public_port}
+    taken = {public_port, serving_port}
     for name in PORT_NAMES:
         port = ports.get(name)
         if not port or port in taken or not port_is_free(port):
@@ -90,6 +90,17 @@ def _stop_stale_proxy(data: Path) -> None:
     pid_file.unlink(missing_ok=True)
 
 
+def _router_owns(data: Path, port: int) -> bool:
+    """The inference router outlives the rest of the platform on purpose (endpoints keep
+    answering); the next control plane adopts it, so its port is not a conflict."""
+    state_path = data / "serving" / "router.json"
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return is_alive(state.get("pid"), state.get("started"))
+
+
 def _ready(url: str, timeout: float = 0.5) -> bool:
     try:
         return httpx.get(url, timeout=timeout).status_code < 500
@@ -99,16 +110,19 @@ def _ready(url: str, timeout: float = 0.5) -> bool:
 
 class Platform:
     def __init__(self, port: int, ip: str, data_dir: str, public_url: str | None,
-                 log_to_terminal: bool):
+                 log_to_terminal: bool, serving_port: int | None = None):
         self.port, self.ip = port, ip
+        self.serving_port = serving_port or port + 1
         self.data = Path(data_dir).resolve()
-        self.public_url = (public_url or f"http://{'127.0.0.1' if ip in ('0.0.0.0', '') else ip}:{port}").rstrip("/")
+        host = "127.0.0.1" if ip in ("0.0.0.0", "") else ip
+        self.public_url = (public_url or f"http://{host}:{port}").rstrip("/")
+        self.serving_url = f"http://{host}:{serving_port or port + 1}"
         self.log_to_terminal = log_to_terminal
         self.hub: subprocess.Popen | None = None
         self.stopping = False
 
     def env(self) -> dict:
-        state = _state(self.data, self.port)
+        state = _state(self.data, self.port, self.serving_port)
         password, self.new_password = _admin_password(self.data)
         self.password = password
         ports = state["ports"]
@@ -120,6 +134,8 @@ class Platform:
             "FERMI_IP": self.ip,
             "FERMI_PUBLIC_URL": self.public_url,
             "FERMI_PUBLIC_PORT": str(self.port),
+            "FERMI_SERVING_PORT": str(self.serving_port),
+            "FERMI_SERVING_URL": self.serving_url,
             "FERMI_PROXY_TOKEN": state["proxy_token"],
             "FERMI_ADMIN_PASSWORD": password,
             "FERMI_INTERNAL_API_URL": f"http://127.0.0.1:{ports['service']}/services/fermi/api",
@@ -172,6 +188,7 @@ class Platform:
             + (f"  (kept in {self.data / 'admin-password'})" if not os.environ.get("FERMI_ADMIN_PASSWORD") else ""),
             f"  Researchers sign up at {url}/hub/signup; the admin approves them at {url}/hub/authorize",
             f"  Control-plane API: {url}/services/fermi/api/  (OpenAPI: {url}/services/fermi/api/openapi.json)",
+            f"  Inference services answer at {self.serving_url}/<deployment>/v2/…",
             f"  State: {self.data}   Logs: {self.data / 'logs'}",
             "Press Ctrl-C to stop.",
             "",
@@ -185,9 +202,10 @@ class Platform:
         self.data.mkdir(parents=True, exist_ok=True)
         _previous(self.data)
         _stop_stale_proxy(self.data)
-        if not port_is_free(self.port, self.ip or "0.0.0.0"):
-            print(f"Port {self.port} is in use; choose another with --port.", file=sys.stderr)
-            return 2
+        for port, option in ((self.port, "--port"), (self.serving_port, "--serving-port")):
+            if not port_is_free(port, self.ip or "0.0.0.0") and not _router_owns(self.data, port):
+                print(f"Port {port} is in use; choose another with {option}.", file=sys.stderr)
+                return 2
         env = self.env()
         signal.signal(signal.SIGINT, self.stop)
         signal.signal(signal.SIGTERM, self.stop)

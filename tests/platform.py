@@ -106,14 +106,19 @@ class Platform:
 
 
 def start_platform(data: Path, port: int | None = None, admin_token: str = "test-admin-token",
-                   timeout: float = 180, env: dict | None = None) -> Platform:
+                   timeout: float = 180, env: dict | None = None,
+                   serving_port: int | None = None) -> Platform:
     port = port or free_port()
+    serving_port = serving_port or free_port()
     process = subprocess.Popen(
-        [*FERMI, "up", "--data-dir", str(data), "--port", str(port)],
+        [*FERMI, "up", "--data-dir", str(data), "--port", str(port),
+         "--serving-port", str(serving_port)],
         env={**os.environ, "FERMI_ADMIN_TOKEN": admin_token, **(env or {})},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     platform = Platform(Path(data), port, process, admin_token)
+    platform.serving_port = serving_port
+    platform.serving_url = f"http://127.0.0.1:{serving_port}"
     deadline = time.monotonic() + timeout
     output = []
     while time.monotonic() < deadline:

@@ -12,7 +12,6 @@ import json
 import logging
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +19,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..catalog.store import CatalogStore
-from ..db import AuditEvent, Job, JobEvent, UsageRecord, utcnow
+from ..caller import Caller, audit
+from ..db import Job, JobEvent, UsageRecord, utcnow
+from ..registry.service import claim_models
 from ..errors import Conflict, InvalidInput, NotFound, Unprocessable
 from ..spec import RuntimeSpec, runtime_spec
 from ..tracking.client import Tracker, TrackingError
@@ -34,22 +35,6 @@ from .queue import PoolUse, Waiting, plan_starts
 log = logging.getLogger("fermi.jobs")
 
 ENDED = ("succeeded", "failed", "cancelled")
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is asking: every read and write is scoped by it."""
-
-    name: str
-    admin: bool = False
-    groups: tuple[str, ...] = ()
-    remote_addr: str | None = None
-
-
-def audit(session: Session, caller: Caller, action: str, kind: str, target: str,
-          before: dict | None = None, after: dict | None = None) -> None:
-    session.add(AuditEvent(actor=caller.name, action=action, target_kind=kind, target_id=target,
-                           remote_addr=caller.remote_addr, before=before, after=after))
 
 
 def default_job_name(notebook_name: str | None) -> str:
@@ -516,6 +501,7 @@ class JobRunner:
                     self.event(session, job, outcome.status, outcome.reason or "finished")
             run_status = {"succeeded": "FINISHED", "cancelled": "KILLED"}.get(job.status, "FAILED")
             job.metrics, job.models = metrics, models
+            claim_models(session, job.owner, models)
             job.progress = read_json(files.progress) or job.progress or {}
             job.pid = job.pid_started = None
             runtime = job.runtime

@@ -27,11 +27,15 @@ from ..jobs.service import JobRunner, JobService
 from ..paths import shipped
 from ..processes import die_with_parent
 from ..tracking.client import Tracker
-from . import api_catalog, api_jobs
+from ..deployments.backend import ServingBackend
+from ..deployments.service import DeploymentController, DeploymentService
+from ..registry.service import ModelRepository
+from . import api_catalog, api_deployments, api_jobs, api_models
+from .metrics import MetricsHandler
 from .pages import HomeHandler
 from .openapi import HealthHandler, OpenAPIHandler, build_openapi, tornado_pattern
 
-ROUTES = [*api_catalog.routes, *api_jobs.routes]
+ROUTES = [*api_catalog.routes, *api_jobs.routes, *api_models.routes, *api_deployments.routes]
 
 
 class FermiService(Application):
@@ -78,6 +82,21 @@ class FermiService(Application):
         klass=JobBackend,
         help="Where training jobs run: the local backend (default) or the Kubernetes backend.",
     ).tag(config=True)
+
+    serving_backend_class = Type(
+        "fermi_extension.backends.local.serving.LocalServingBackend",
+        klass=ServingBackend,
+        help="Where inference services run: local processes (default) or Kubernetes.",
+    ).tag(config=True)
+
+    serving_url = Unicode(
+        help="""Public URL of the inference router; a deployment's URL is SERVING_URL/NAME
+        (default: $FERMI_SERVING_URL, e.g. http://127.0.0.1:8001).""",
+    ).tag(config=True)
+
+    @default("serving_url")
+    def _default_serving_url(self):
+        return os.environ.get("FERMI_SERVING_URL", "http://127.0.0.1:8001")
 
     service_url = Unicode(help="Where to listen (default: $JUPYTERHUB_SERVICE_URL).").tag(config=True)
 
@@ -127,6 +146,13 @@ class FermiService(Application):
                                 jobs_dir, tracking_uri=self.tracking_uri)
         self.jobs = JobService(self.session_factory, self.catalog, self.job_backend, jobs_dir,
                                wake=self.runner.wake)
+        self.registry = ModelRepository(self.session_factory, self.tracker)
+        self.serving_backend = self.serving_backend_class(parent=self)
+        self.deployments = DeploymentService(self.session_factory, self.catalog, self.registry,
+                                             self.serving_backend, self.serving_url)
+        self.controller = DeploymentController(self.session_factory, self.deployments,
+                                               self.serving_backend, self.tracker)
+        self.deployments.wake = self.controller.wake
 
     def make_app(self) -> web.Application:
         prefix = self.prefix.rstrip("/")
@@ -140,6 +166,7 @@ class FermiService(Application):
             (prefix + "/api/openapi.json", OpenAPIHandler),
             (prefix + "/api/health", HealthHandler),
             (prefix + "/oauth_callback", HubOAuthCallbackHandler),
+            (prefix + "/metrics", MetricsHandler),
             (prefix + "/?", HomeHandler),
         ]
         return web.Application(
@@ -148,6 +175,8 @@ class FermiService(Application):
             cookie_secret=os.urandom(32),
             jobs=self.jobs,
             runner=self.runner,
+            registry=self.registry,
+            deployments=self.deployments,
             catalog=self.catalog,
             job_backend=self.job_backend,
             openapi=self.openapi,
@@ -159,6 +188,7 @@ class FermiService(Application):
     async def run(self) -> None:
         await self.job_backend.start()
         await self.runner.start()
+        await self.controller.start()
         url = urlparse(self.service_url)
         server = self.make_app().listen(url.port, url.hostname, xheaders=True)
         self.log.info("Fermi control plane listening on %s%s", self.service_url, self.prefix)
@@ -170,6 +200,7 @@ class FermiService(Application):
         self.log.info("Stopping: running jobs are stopped and queued again for the next start")
         server.stop()
         await self.runner.stop(stop_jobs=True)
+        await self.controller.stop(stop_all=True)
         await self.tracker.close()
 
     def start(self) -> None:

@@ -18,7 +18,7 @@ from tornado import web
 
 from ..catalog.store import validation_message
 from ..errors import FermiError, InvalidInput, NotAuthenticated, http_status
-from ..jobs.service import Caller
+from ..caller import Caller
 
 log = logging.getLogger("fermi.api")
 

@@ -142,6 +142,47 @@ class Tracker:
         return [{"name": v["name"], "version": v["version"]}
                 for v in found.get("model_versions", [])]
 
+    async def model_versions(self, name: str) -> list[dict]:
+        found = await self._call(
+            "GET", f"{API}/model-versions/search",
+            params={"filter": f"name='{name}'", "max_results": 1000},
+        )
+        return found.get("model_versions", [])
+
+    async def download_model(self, name: str, version: str, target: Path) -> Path:
+        """Copy a model version's files into ``target`` (as KServe's storage initializer does)."""
+        uri = (await self._call(
+            "GET", f"{API}/model-versions/get-download-uri",
+            params={"name": name, "version": version},
+        ))["artifact_uri"]
+        prefix = "mlflow-artifacts:/"
+        if not uri.startswith(prefix):
+            raise TrackingError(f"Cannot fetch model files from {uri!r}.")
+        tmp = target.with_name(target.name + ".partial")
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        await self._download_tree(uri[len(prefix):].strip("/"), tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        return target
+
+    async def _download_tree(self, path: str, into: Path) -> None:
+        into.mkdir(parents=True, exist_ok=True)
+        listing = await self._call("GET", ARTIFACTS, params={"path": path})
+        for entry in listing.get("files", []):
+            name = entry["path"].rsplit("/", 1)[-1]
+            if entry.get("is_dir"):
+                await self._download_tree(f"{path}/{name}", into / name)
+                continue
+            try:
+                response = await self._client.get(f"{ARTIFACTS}/{path}/{name}")
+            except httpx.HTTPError as error:
+                raise TrackingError(f"Could not download {name}: {error}") from None
+            if response.status_code != 200:
+                raise TrackingError(f"Could not download {name}: HTTP {response.status_code}")
+            (into / name).write_bytes(response.content)
+
     async def end_run(self, run_id: str, status: str) -> None:
         """``status``: FINISHED, FAILED or KILLED. MLflow leaves runs of failed notebooks FINISHED
         and of killed kernels RUNNING, so the platform sets the truth from the job's outcome."""

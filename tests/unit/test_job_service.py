@@ -12,7 +12,8 @@ from fermi_extension.catalog.store import CatalogStore, load_catalog_file
 from fermi_extension.db import AuditEvent, Job, make_session_factory
 from fermi_extension.errors import Conflict, InvalidInput, NotFound, Unprocessable, http_status
 from fermi_extension.jobs.models import CreateJob
-from fermi_extension.jobs.service import Caller, JobService
+from fermi_extension.caller import Caller
+from fermi_extension.jobs.service import JobService
 from fermi_extension.paths import shipped
 from tests.mocking import FakeBackend
 

@@ -1,0 +1,507 @@
+"""Deployments: what users declare (``DeploymentService``) and what makes it so
+(``DeploymentController``: replicas, readiness, autoscaling, canary, crash replacement).
+
+The declared state is in the database; the controller reconciles the running replicas towards
+it every second, so a restarted control plane simply carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import secrets
+import time
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..caller import Caller, audit
+from ..catalog.store import CatalogStore
+from ..db import Deployment, DeploymentEvent, Replica, Revision, UsageRecord, utcnow
+from ..errors import Conflict, InvalidInput, NotFound, Unprocessable
+from ..registry.service import ModelRepository
+from ..spec import RuntimeSpec, runtime_spec
+from ..tracking.client import Tracker
+from .autoscale import Autoscaler
+from .backend import ReplicaHandle, ReplicaLaunch, ServingBackend
+from .models import (
+    CreateDeployment,
+    DescribeDeployment,
+    EventOut,
+    ReplicaOut,
+    RevisionOut,
+    TrafficOut,
+    UpdateDeployment,
+)
+
+log = logging.getLogger("fermi.deployments")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def event(session: Session, deployment: Deployment, kind: str, message: str,
+          replicas: int | None = None) -> None:
+    session.add(DeploymentEvent(deployment=deployment.name, kind=kind, message=message,
+                                replicas=replicas))
+    log.info("deployment %s (%s): %s", deployment.name, kind, message)
+
+
+class DeploymentService:
+    def __init__(self, session_factory: sessionmaker, catalog: CatalogStore,
+                 registry: ModelRepository, backend: ServingBackend, public_url: str,
+                 wake=lambda: None):
+        self.session_factory = session_factory
+        self.catalog = catalog
+        self.registry = registry
+        self.backend = backend
+        self.public_url = public_url.rstrip("/")
+        self.wake = wake
+        self.traffic: dict = {}  # the router's latest counters, kept by the controller
+
+    def url(self, name: str) -> str:
+        return f"{self.public_url}/{name}"
+
+    def _visible(self, session: Session, caller: Caller, name: str) -> Deployment:
+        deployment = session.get(Deployment, name)
+        if deployment is None or (deployment.owner != caller.name and not caller.admin):
+            raise NotFound(f"No deployment {name!r} (or it is not yours).")
+        return deployment
+
+    def describe(self, session: Session, d: Deployment, *, events: bool = False,
+                 api_key: str | None = None) -> DescribeDeployment:
+        revisions = {r.name: r for r in session.scalars(
+            select(Revision).where(Revision.deployment == d.name))}
+        replicas = session.scalars(
+            select(Replica).where(Replica.deployment == d.name).order_by(Replica.started_at)).all()
+        traffic = self.traffic.get(d.name, {})
+        per_replica = traffic.get("replicas", {})
+        ready = {name: sum(1 for r in replicas if r.revision == name and r.state == "ready")
+                 for name in revisions}
+        split = traffic_split(d, ready)
+        revision_out = []
+        for name, revision in sorted(revisions.items(), key=lambda kv: int(kv[0][1:])):
+            role = ("stable" if name == d.stable_revision
+                    else "canary" if name == d.canary_revision else "retired")
+            if role == "retired" and not ready.get(name):
+                continue
+            revision_out.append(RevisionOut(name=name, version=revision.version,
+                                            traffic_percent=split.get(name, 0), role=role,
+                                            ready_replicas=ready.get(name, 0)))
+        out_events = None
+        if events:
+            out_events = [EventOut(at=e.at, kind=e.kind, message=e.message, replicas=e.replicas)
+                          for e in session.scalars(select(DeploymentEvent).where(
+                              DeploymentEvent.deployment == d.name).order_by(DeploymentEvent.id))]
+        return DescribeDeployment(
+            name=d.name, owner=d.owner, model=d.model,
+            version=revisions[d.stable_revision].version, engine=d.engine, profile=d.profile,
+            status="stopped" if d.stopped else d.status, reason=d.reason, url=self.url(d.name),
+            min_replicas=d.min_replicas, max_replicas=d.max_replicas,
+            target_concurrency=d.target_concurrency,
+            scale_down_delay_seconds=d.scale_down_delay_seconds,
+            desired_replicas=d.desired_replicas,
+            replicas=[ReplicaOut(id=r.id, revision=r.revision, state=r.state,
+                                 started_at=r.started_at, ready_at=r.ready_at,
+                                 in_flight=per_replica.get(r.id, {}).get("in_flight", 0),
+                                 requests=per_replica.get(r.id, {}).get("requests", 0))
+                      for r in replicas],
+            revisions=revision_out,
+            traffic=TrafficOut(requests=traffic.get("requests", 0), errors=traffic.get("errors", 0),
+                               in_flight=traffic.get("in_flight", 0),
+                               latency_ms=traffic.get("latency_ms", {})),
+            events=out_events, created_at=d.created_at, api_key=api_key,
+        )
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def list(self, caller: Caller) -> list[DescribeDeployment]:
+        with self.session_factory() as session:
+            query = select(Deployment).order_by(Deployment.created_at)
+            if not caller.admin:
+                query = query.where(Deployment.owner == caller.name)
+            return [self.describe(session, d) for d in session.scalars(query)]
+
+    def get(self, caller: Caller, name: str) -> DescribeDeployment:
+        with self.session_factory() as session:
+            return self.describe(session, self._visible(session, caller, name), events=True)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def _runtime(self, caller: Caller, profile_slug: str | None, engine: str) -> RuntimeSpec:
+        catalog, image, profile = self.catalog.resolve(None, profile_slug)
+        if profile.allowed_groups and not caller.admin and not (
+            set(profile.allowed_groups) & set(caller.groups)
+        ):
+            raise NotFound(f"Unknown profile {profile.slug!r} (not offered to you).")
+        pool = next(p for p in catalog.pools if p.slug == profile.pool)
+        available, reason = self.backend.availability(profile, pool, engine)
+        if not available:
+            raise Unprocessable(reason)
+        return runtime_spec(image, profile)
+
+    async def create(self, caller: Caller, request: CreateDeployment) -> DescribeDeployment:
+        await self.registry.version(caller, request.model, request.version)
+        runtime = self._runtime(caller, request.profile, request.engine)
+        key = "fk-" + secrets.token_urlsafe(24)
+        with self.session_factory() as session:
+            if session.get(Deployment, request.name) is not None:
+                raise Conflict(f"A deployment named {request.name!r} exists; choose another name.")
+            deployment = Deployment(
+                name=request.name, owner=caller.name, model=request.model, engine=request.engine,
+                profile=runtime.profile, runtime=runtime.model_dump(mode="json"),
+                min_replicas=request.min_replicas, max_replicas=request.max_replicas,
+                target_concurrency=request.target_concurrency,
+                scale_down_delay_seconds=request.scale_down_delay_seconds,
+                desired_replicas=request.min_replicas, status="pending",
+                stable_revision="r1", key_hash=hash_key(key),
+            )
+            session.add(deployment)
+            session.add(Revision(deployment=request.name, name="r1", version=request.version))
+            event(session, deployment, "created",
+                  f"{request.model} version {request.version} on {runtime.profile}, "
+                  f"{request.min_replicas}–{request.max_replicas} replicas",
+                  replicas=request.min_replicas)
+            audit(session, caller, "deploy", "deployment", request.name,
+                  after=request.model_dump(mode="json"))
+            session.commit()
+            described = self.describe(session, deployment, events=True, api_key=key)
+        self.wake()
+        return described
+
+    async def update(self, caller: Caller, name: str, request: UpdateDeployment) -> DescribeDeployment:
+        api_key = None
+        with self.session_factory() as session:
+            d = self._visible(session, caller, name)
+            before = {"min_replicas": d.min_replicas, "max_replicas": d.max_replicas,
+                      "target_concurrency": d.target_concurrency,
+                      "canary_revision": d.canary_revision, "canary_percent": d.canary_percent}
+            low = request.min_replicas if request.min_replicas is not None else d.min_replicas
+            high = request.max_replicas if request.max_replicas is not None else d.max_replicas
+            if low > high:
+                raise InvalidInput(f"min_replicas ({low}) is more than max_replicas ({high}).")
+            changes = []
+            if (low, high) != (d.min_replicas, d.max_replicas):
+                changes.append(f"bounds {d.min_replicas}–{d.max_replicas} → {low}–{high}")
+                d.min_replicas, d.max_replicas = low, high
+            if request.target_concurrency is not None:
+                changes.append(f"target {d.target_concurrency:g} → {request.target_concurrency:g}")
+                d.target_concurrency = request.target_concurrency
+            if request.scale_down_delay_seconds is not None:
+                d.scale_down_delay_seconds = request.scale_down_delay_seconds
+            if request.canary is not None:
+                changes.append(await self._canary(session, caller, d, request.canary.version,
+                                                  request.canary.traffic_percent))
+            if request.action == "promote":
+                if not d.canary_revision:
+                    raise Conflict(f"Deployment {name!r} has no canary to promote.")
+                old = d.stable_revision
+                d.stable_revision, d.canary_revision, d.canary_percent = d.canary_revision, None, 0
+                changes.append(f"promoted {d.stable_revision}; {old} drains and stops")
+            elif request.action == "rollback":
+                if not d.canary_revision:
+                    raise Conflict(f"Deployment {name!r} has no canary to roll back.")
+                changes.append(f"rolled back: all traffic to {d.stable_revision}; "
+                               f"{d.canary_revision} drains and stops")
+                d.canary_revision, d.canary_percent = None, 0
+            elif request.action == "stop":
+                d.stopped = True
+                changes.append("stopped: replicas drain and stop; the declaration is kept")
+            elif request.action == "start":
+                d.stopped, d.status = False, "pending"
+                changes.append("started")
+            elif request.action == "rotate-key":
+                api_key = "fk-" + secrets.token_urlsafe(24)
+                d.key_hash = hash_key(api_key)
+                changes.append("API key rotated; the old key no longer works")
+            if not changes:
+                raise InvalidInput("Nothing to change: give bounds, target, canary or an action.")
+            event(session, d, "updated", "; ".join(changes))
+            audit(session, caller, "update", "deployment", name, before=before,
+                  after=request.model_dump(mode="json", exclude_none=True))
+            session.commit()
+            described = self.describe(session, d, events=True, api_key=api_key)
+        self.wake()
+        return described
+
+    async def _canary(self, session: Session, caller: Caller, d: Deployment, version: str,
+                      percent: int) -> str:
+        stable = session.get(Revision, (d.name, d.stable_revision))
+        current = session.get(Revision, (d.name, d.canary_revision)) if d.canary_revision else None
+        if current is not None and current.version == version:
+            d.canary_percent = percent
+            return f"canary {current.name} (version {version}) at {percent}%"
+        if stable.version == version:
+            raise Conflict(f"Version {version} is already the stable revision.")
+        await self.registry.version(caller, d.model, version)
+        numbers = [int(r.name[1:]) for r in session.scalars(
+            select(Revision).where(Revision.deployment == d.name))]
+        name = f"r{max(numbers) + 1}"
+        session.add(Revision(deployment=d.name, name=name, version=version))
+        d.canary_revision, d.canary_percent = name, percent
+        return f"canary {name} (version {version}) at {percent}%"
+
+    def delete(self, caller: Caller, name: str) -> None:
+        with self.session_factory() as session:
+            d = self._visible(session, caller, name)
+            d.stopped = True
+            d.status = "deleting"
+            event(session, d, "deleting", f"deleted by {caller.name}: replicas drain and stop")
+            audit(session, caller, "delete", "deployment", name,
+                  before={"model": d.model, "stable_revision": d.stable_revision})
+            session.commit()
+        self.wake()
+
+
+def traffic_split(d: Deployment, ready: dict[str, int]) -> dict[str, int]:
+    """Percent of requests per revision. A canary without a ready replica gets nothing yet, so
+    no request meets an empty revision."""
+    if d.canary_revision and d.canary_percent and ready.get(d.canary_revision):
+        if not ready.get(d.stable_revision):
+            return {d.canary_revision: 100}
+        return {d.stable_revision: 100 - d.canary_percent, d.canary_revision: d.canary_percent}
+    return {d.stable_revision: 100}
+
+
+class DeploymentController:
+    """Reconciles replicas with what each deployment declares, once a second."""
+
+    crash_backoff = (2, 5, 10, 30, 60)
+
+    def __init__(self, session_factory: sessionmaker, service: DeploymentService,
+                 backend: ServingBackend, tracker: Tracker, interval: float = 1.0,
+                 drain_timeout: float = 30.0):
+        self.session_factory = session_factory
+        self.service = service
+        self.backend = backend
+        self.tracker = tracker
+        self.interval = interval
+        self.drain_timeout = drain_timeout
+        self.scalers: dict[str, Autoscaler] = {}
+        self.failures: dict[tuple[str, str], list[float]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._fetching: dict[tuple[str, str], asyncio.Task] = {}
+        self._generation = 0
+        self._published: dict | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        await self.backend.start()
+        with self.session_factory() as session:
+            for replica in session.scalars(select(Replica)).all():
+                if not self.backend.alive(self._handle(replica)):
+                    session.delete(replica)
+            session.commit()
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self, *, stop_all: bool) -> None:
+        if self._task:
+            self._task.cancel()
+        if stop_all:  # Ctrl-C: every process stops; the declarations stay for the next start
+            with self.session_factory() as session:
+                replicas = session.scalars(select(Replica)).all()
+                handles = [self._handle(r) for r in replicas]
+                for replica in replicas:
+                    self._bill(session, replica)
+                    session.delete(replica)
+                session.commit()
+            await asyncio.gather(*(self.backend.stop_replica(h) for h in handles))
+        await self.backend.close(stop_all=stop_all)
+
+    @staticmethod
+    def _handle(replica: Replica) -> ReplicaHandle:
+        return ReplicaHandle(replica.pid, replica.pid_started, replica.url)
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("reconciling deployments failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+
+    async def reconcile(self) -> None:
+        stats = (await self.backend.stats()).get("deployments", {})
+        self.service.traffic = stats
+        now = time.monotonic()
+        with self.session_factory() as session:
+            deployments = session.scalars(select(Deployment)).all()
+            for d in deployments:
+                await self._reconcile_one(session, d, stats.get(d.name, {}), now)
+            session.commit()
+            self._publish(session)
+
+    async def _reconcile_one(self, session: Session, d: Deployment, traffic: dict, now: float) -> None:
+        replicas = session.scalars(select(Replica).where(Replica.deployment == d.name)).all()
+        per_replica = traffic.get("replicas", {})
+        # crashed replicas are replaced
+        for replica in list(replicas):
+            if not self.backend.alive(self._handle(replica)):
+                if replica.state != "draining":
+                    tail = self.backend.replica_log(replica.id, 5)
+                    event(session, d, "replica-crashed",
+                          f"replica {replica.id} exited; replacing it. Last log lines:\n{tail}")
+                    self.failures.setdefault((d.name, replica.revision), []).append(now)
+                self._bill(session, replica)
+                session.delete(replica)
+                replicas.remove(replica)
+        # readiness of starting replicas
+        for replica in replicas:
+            if replica.state == "starting" and await self.backend.ready(self._handle(replica)):
+                replica.state, replica.ready_at = "ready", utcnow()
+                self.failures.pop((d.name, replica.revision), None)
+                event(session, d, "replica-ready", f"replica {replica.id} is ready")
+        # draining replicas stop once nothing is in flight (or after the drain timeout)
+        for replica in list(replicas):
+            if replica.state == "draining":
+                waited = (utcnow() - replica.draining_since).total_seconds()
+                if per_replica.get(replica.id, {}).get("in_flight", 0) == 0 or waited > self.drain_timeout:
+                    await self.backend.stop_replica(self._handle(replica))
+                    self._bill(session, replica)
+                    session.delete(replica)
+                    replicas.remove(replica)
+        if d.status == "deleting":
+            if not replicas:
+                session.delete(d)
+                self.scalers.pop(d.name, None)
+            else:
+                self._drain(session, d, [r for r in replicas if r.state != "draining"])
+            return
+        # autoscaling on in-flight requests
+        scaler = self.scalers.get(d.name)
+        if scaler is None or (scaler.target, scaler.low, scaler.high, scaler.delay) != (
+                d.target_concurrency, d.min_replicas, d.max_replicas, d.scale_down_delay_seconds):
+            scaler = Autoscaler(d.target_concurrency, d.min_replicas, d.max_replicas,
+                                d.scale_down_delay_seconds)
+            self.scalers[d.name] = scaler
+        scaler.observe(now, float(traffic.get("in_flight", 0)))
+        desired, reason = scaler.decide(now, d.desired_replicas)
+        if desired != d.desired_replicas:
+            d.desired_replicas = desired
+            event(session, d, "scaled", reason, replicas=desired)
+        # each live revision towards its count; others drain
+        wanted = {d.stable_revision: 0 if d.stopped else d.desired_replicas}
+        if d.canary_revision and not d.stopped:
+            wanted[d.canary_revision] = max(1, math.ceil(d.desired_replicas * d.canary_percent / 100))
+        for revision_name, count in wanted.items():
+            live = [r for r in replicas if r.revision == revision_name and r.state != "draining"]
+            if len(live) < count:
+                await self._scale_up(session, d, revision_name, count - len(live), now)
+            elif len(live) > count:
+                # drain the newest not-ready ones first, then the newest ready ones
+                live.sort(key=lambda r: (r.state == "ready", r.started_at))
+                self._drain(session, d, live[: len(live) - count])
+        retired = [r for r in replicas if r.revision not in wanted and r.state != "draining"]
+        if retired:
+            self._drain(session, d, retired)
+        # status
+        ready_stable = sum(1 for r in replicas if r.revision == d.stable_revision and r.state == "ready")
+        if d.stopped:
+            d.status = "stopped"
+        elif ready_stable:
+            d.status, d.reason = "ready", None
+        elif len(self.failures.get((d.name, d.stable_revision), [])) >= 3:
+            d.status = "failed"
+            d.reason = ("Replicas keep exiting before they are ready; the platform keeps retrying. "
+                        "See the deployment's events for their log.")
+        else:
+            d.status = "pending"
+
+    def _drain(self, session: Session, d: Deployment, replicas: list[Replica]) -> None:
+        for replica in replicas:
+            replica.state, replica.draining_since = "draining", utcnow()
+            event(session, d, "replica-draining",
+                  f"replica {replica.id} drains (no new requests) and then stops")
+
+    async def _scale_up(self, session: Session, d: Deployment, revision_name: str, count: int,
+                        now: float) -> None:
+        failures = self.failures.get((d.name, revision_name), [])
+        if failures:
+            backoff = self.crash_backoff[min(len(failures), len(self.crash_backoff)) - 1]
+            if now - failures[-1] < backoff:
+                return
+        revision = session.get(Revision, (d.name, revision_name))
+        model_dir = await self._model_files(session, d, revision)
+        if model_dir is None:
+            return
+        runtime = RuntimeSpec.model_validate(d.runtime)
+        for _ in range(count):
+            replica_id = f"{d.name}-{revision_name}-{secrets.token_hex(3)}"
+            launch = ReplicaLaunch(replica_id, d.name, d.model, revision.version, model_dir,
+                                   d.engine, runtime)
+            handle = await self.backend.start_replica(launch)
+            session.add(Replica(id=replica_id, deployment=d.name, revision=revision_name,
+                                state="starting", url=handle.url, pid=handle.pid,
+                                pid_started=handle.started))
+            event(session, d, "replica-starting",
+                  f"replica {replica_id} starting ({d.model} version {revision.version})")
+
+    async def _model_files(self, session: Session, d: Deployment, revision: Revision) -> Path | None:
+        """The model version's files on this machine, fetched once in the background."""
+        target = self.backend.model_dir(d.model, revision.version)
+        if (target / "MLmodel").exists():
+            return target
+        key = (d.model, revision.version)
+        task = self._fetching.get(key)
+        if task is None:
+            self._fetching[key] = asyncio.create_task(
+                self.tracker.download_model(d.model, revision.version, target))
+            return None
+        if not task.done():
+            return None
+        self._fetching.pop(key)
+        error = task.exception()
+        if error is not None:
+            d.status = "failed"
+            d.reason = f"Could not fetch {d.model} version {revision.version}: {error}"
+            event(session, d, "fetch-failed", d.reason)
+            return None
+        return target
+
+    def _bill(self, session: Session, replica: Replica) -> None:
+        d = session.get(Deployment, replica.deployment)
+        if d is None:
+            return
+        ended = utcnow()
+        seconds = (ended - replica.started_at).total_seconds()
+        price = float(d.runtime.get("price_per_hour", 0.0))
+        session.add(UsageRecord(user=d.owner, kind="replica", ref=replica.id, profile=d.profile,
+                                gpus=int(d.runtime.get("gpu", 0)), started_at=replica.started_at,
+                                ended_at=ended, seconds=seconds, price_per_hour=price,
+                                cost=seconds / 3600 * price))
+
+    def _publish(self, session: Session) -> None:
+        table = {}
+        for d in session.scalars(select(Deployment)):
+            replicas = session.scalars(select(Replica).where(Replica.deployment == d.name)).all()
+            ready = {}
+            for r in replicas:
+                if r.state == "ready":
+                    ready[r.revision] = ready.get(r.revision, 0) + 1
+            split = traffic_split(d, ready)
+            revisions = []
+            for name in sorted({r.revision for r in replicas} | set(split)):
+                revisions.append({
+                    "name": name, "traffic_percent": split.get(name, 0),
+                    "replicas": [{"id": r.id, "url": r.url, "state": r.state}
+                                 for r in replicas if r.revision == name and r.state in ("ready", "draining")],
+                })
+            table[d.name] = {"owner": d.owner, "admins_allowed": True, "key_hashes": [d.key_hash],
+                             "model": d.model, "revisions": revisions}
+        if table != self._published:
+            self._generation += 1
+            self.backend.publish({"generation": self._generation, "deployments": table})
+            self._published = table
+
+

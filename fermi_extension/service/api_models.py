@@ -1,0 +1,32 @@
+"""/api/models: the model repository (registered models, versions, lineage, sharing)."""
+
+from __future__ import annotations
+
+from ..registry.models import DescribeModel, ListModelsResponse, ShareModel
+from .base import APIHandler, operation
+
+
+class ModelsHandler(APIHandler):
+    @operation("Models you own or that are shared with you (admins: all)", response=ListModelsResponse)
+    async def get(self):
+        self.send(ListModelsResponse(models=await self.settings["registry"].list(self.caller)))
+
+
+class ModelHandler(APIHandler):
+    @operation("A model with its versions and their lineage (job, parameters, metrics)",
+               response=DescribeModel)
+    async def get(self, name: str):
+        self.send(await self.settings["registry"].get(self.caller, name))
+
+    @operation("Share a model with groups (owner or admin)", request=ShareModel,
+               response=DescribeModel)
+    async def patch(self, name: str):
+        request = self.parse(ShareModel)
+        self.settings["registry"].share(self.caller, name, request.groups)
+        self.send(await self.settings["registry"].get(self.caller, name))
+
+
+routes = [
+    ("/api/models", ModelsHandler),
+    ("/api/models/{name}", ModelHandler),
+]

@@ -1,0 +1,1 @@
+"""Inference services: the router in front of every deployment and the model server of a replica."""
