@@ -136,7 +136,7 @@ def cmd_jobs_output(args) -> int:
 
 def cmd_catalog(args) -> int:
     client = _client(args)
-    if args.what == "images":
+    if args.action == "images":
         for image in client.get("catalog/images")["images"]:
             star = "*" if image.get("featured") else " "
             print(f"{star} {image['slug']:<20} {image['kind']:<10} {image['name']}")
@@ -146,6 +146,46 @@ def cmd_catalog(args) -> int:
             default = " (default)" if p.get("default") else ""
             print(f"{p['slug']:<14} {p['cpu']:g} CPU  {p['memory']:<6} {p['gpu']} GPU  "
                   f"{p['price_per_hour']:.2f}/h  {state}{default}")
+    return 0
+
+
+def cmd_catalog_export(args) -> int:
+    text = _client(args).request("GET", "catalog", params={"format": "yaml"}).text
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    Path(args.output).write_text(text)
+    print(f"Wrote the catalogue to {args.output}; load it back with "
+          f"`fermi catalog import {args.output}` (try --dry-run first).")
+    return 0
+
+
+def cmd_catalog_import(args) -> int:
+    from .client import APIError
+
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"No such file: {path}", file=sys.stderr)
+        return 2
+    try:
+        plan = _client(args).request(
+            "PUT", "catalog", content=path.read_bytes(),
+            params={"dry_run": "true" if args.dry_run else "false"},
+            headers={"Content-Type": "application/yaml"},
+        ).json()
+    except APIError as error:
+        raise APIError(error.status, f"{path}: {error.message}") from None
+    if not plan["changed"]:
+        print(f"No changes: the catalogue already matches {path}.")
+        return 0
+    print(f"Dry run, nothing changed. Importing {path} would change:" if plan["dry_run"]
+          else f"Imported {path}:")
+    for kind, change in plan["changes"].items():
+        parts = [f"created {', '.join(change['created'])}" if change["created"] else "",
+                 "updated " + ", ".join(f"{slug} ({', '.join(change['fields'].get(slug, []))})"
+                                        for slug in change["updated"]) if change["updated"] else "",
+                 f"deleted {', '.join(change['deleted'])}" if change["deleted"] else ""]
+        print(f"  {kind}: {'; '.join(p for p in parts if p) or 'no change'}")
     return 0
 
 
@@ -356,9 +396,19 @@ def parser() -> argparse.ArgumentParser:
     delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     delete.set_defaults(func=cmd_deployments_delete)
 
-    catalog = sub.add_parser("catalog", help="images and profiles")
-    catalog.add_argument("what", choices=["images", "profiles"])
-    catalog.set_defaults(func=cmd_catalog)
+    catalog = sub.add_parser("catalog", help="images, profiles and pools").add_subparsers(
+        dest="action", required=True)
+    catalog.add_parser("images", help="images you can run").set_defaults(func=cmd_catalog)
+    catalog.add_parser("profiles", help="profiles offered to you, with availability").set_defaults(
+        func=cmd_catalog)
+    export = catalog.add_parser("export", help="the whole catalogue as YAML (admins)")
+    export.add_argument("-o", "--output", help="write to this file instead of printing it")
+    export.set_defaults(func=cmd_catalog_export)
+    load = catalog.add_parser(
+        "import", help="replace the catalogue with a YAML file, as one change (admins)")
+    load.add_argument("file", help="a catalogue YAML file (the format of `fermi catalog export`)")
+    load.add_argument("--dry-run", action="store_true", help="only show what would change")
+    load.set_defaults(func=cmd_catalog_import)
     return top
 
 

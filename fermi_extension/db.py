@@ -236,3 +236,23 @@ class DeploymentEvent(Base):
     kind: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text)
     replicas: Mapped[int | None] = mapped_column(Integer, default=None)
+
+
+class CatalogRevision(Base):
+    """One version of a catalogue item, kept for ever: what it became, through which change, by
+    whom and when. ``data`` is the whole item after the change (None after a deletion)."""
+
+    __tablename__ = "catalog_revisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    slug: Mapped[str] = mapped_column(String(63))
+    revision: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(16))  # create|update|delete|revert|import
+    data: Mapped[dict | None] = mapped_column(JSON, default=None)
+    by: Mapped[str] = mapped_column(String(255))
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
+
+    __table_args__ = (
+        Index("ux_catalog_revisions_item", "kind", "slug", "revision", unique=True),
+    )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -9,7 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from ..db import CatalogItem
+from ..db import CatalogItem, CatalogRevision
 from ..errors import InvalidInput, NotFound
 from .model import Catalog, Image, Pool, Profile
 
@@ -36,7 +39,26 @@ def validation_message(error: ValidationError) -> str:
     return f"{where}: {message}" if first["loc"] else message
 
 
+@dataclass(frozen=True)
+class ItemMeta:
+    """Where an item stands: its revision (the optimistic-concurrency token) and last change."""
+
+    revision: int
+    updated_at: dt.datetime | None
+    updated_by: str | None
+
+
+def catalog_version(meta: dict[tuple[str, str], ItemMeta]) -> str:
+    """A token that changes whenever any item changes (revision numbers never repeat per slug)."""
+    text = "\n".join(f"{kind}/{slug}/{m.revision}" for (kind, slug), m in sorted(meta.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 class CatalogStore:
+    """Reads the catalogue from the database on every call, so that every spawn, job submit and
+    deployment sees the last change at once, in this process or any other. Changes go through
+    ``catalog.editing.CatalogEditor``."""
+
     def __init__(self, session_factory: sessionmaker):
         self.session_factory = session_factory
 
@@ -46,16 +68,27 @@ class CatalogStore:
                 return False
             for kind in KINDS:
                 for position, item in enumerate(getattr(catalog, kind)):
-                    session.add(
-                        CatalogItem(
-                            kind=kind,
-                            slug=item.slug,
-                            data=item.model_dump(mode="json"),
-                            position=position,
-                        )
-                    )
+                    data = item.model_dump(mode="json")
+                    session.add(CatalogItem(kind=kind, slug=item.slug, data=data,
+                                            position=position, revision=1, updated_by="seed"))
+                    # revision 1 of every item, so that its history starts with what was seeded
+                    session.add(CatalogRevision(kind=kind, slug=item.slug, revision=1,
+                                                action="import", data=data, by="seed"))
             session.commit()
             return True
+
+    def snapshot(self) -> tuple[Catalog, dict[tuple[str, str], ItemMeta]]:
+        """The catalogue and, per (kind, slug), its revision and last change, read together."""
+        with self.session_factory() as session:
+            rows = session.scalars(
+                select(CatalogItem).order_by(CatalogItem.kind, CatalogItem.position)
+            ).all()
+        parts: dict[str, list] = {kind: [] for kind in KINDS}
+        meta = {}
+        for row in rows:
+            parts[row.kind].append(row.data)
+            meta[(row.kind, row.slug)] = ItemMeta(row.revision, row.updated_at, row.updated_by)
+        return Catalog.model_validate(parts), meta
 
     def catalog(self) -> Catalog:
         with self.session_factory() as session:
@@ -76,6 +109,12 @@ class CatalogStore:
             chosen_image = catalog.default_image()
         elif image in images and not images[image].hidden:
             chosen_image = images[image]
+        elif image in images and images[image].redirect_message:
+            raise InvalidInput(
+                f"Image {image!r} is no longer offered: "
+                f"{images[image].redirect_message.rstrip('. ')}. Choose one of: " + ", ".join(s for s, i in images.items() if not i.hidden)
+                + " (GET catalog/images lists them)."
+            )
         else:
             raise InvalidInput(
                 f"Unknown image {image!r}; choose one of: "
@@ -94,8 +133,12 @@ class CatalogStore:
         return catalog, chosen_image, chosen_profile
 
     def get(self, kind: str, slug: str):
+        return self.get_with_meta(kind, slug)[0]
+
+    def get_with_meta(self, kind: str, slug: str):
         with self.session_factory() as session:
             row = session.get(CatalogItem, (kind, slug))
         if row is None:
             raise NotFound(f"No {kind[:-1]} {slug!r} in the catalogue.")
-        return KINDS[kind].model_validate(row.data)
+        return (KINDS[kind].model_validate(row.data),
+                ItemMeta(row.revision, row.updated_at, row.updated_by))

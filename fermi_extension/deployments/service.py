@@ -53,14 +53,13 @@ def event(session: Session, deployment: Deployment, kind: str, message: str,
 
 class DeploymentService:
     def __init__(self, session_factory: sessionmaker, catalog: CatalogStore,
-                 registry: ModelRepository, backend: ServingBackend, public_url: str,
-                 wake=lambda: None):
+                 registry: ModelRepository, backend: ServingBackend, public_url: str):
         self.session_factory = session_factory
         self.catalog = catalog
         self.registry = registry
         self.backend = backend
         self.public_url = public_url.rstrip("/")
-        self.wake = wake
+        self.controller: DeploymentController | None = None
         self.traffic: dict = {}  # the router's latest counters, kept by the controller
 
     def url(self, name: str) -> str:
@@ -170,8 +169,14 @@ class DeploymentService:
                   after=request.model_dump(mode="json"))
             session.commit()
             described = self.describe(session, deployment, events=True, api_key=key)
-        self.wake()
+        await self.apply()
         return described
+
+    async def apply(self) -> None:
+        """Reconcile now and wait until the router routes by the new declaration, so that the
+        answer to a change (rollback, promote, delete) is already true when the user reads it."""
+        if self.controller is not None:
+            await self.controller.apply_now()
 
     async def update(self, caller: Caller, name: str, request: UpdateDeployment) -> DescribeDeployment:
         api_key = None
@@ -225,8 +230,10 @@ class DeploymentService:
                   after=request.model_dump(mode="json", exclude_none=True))
             session.commit()
             described = self.describe(session, d, events=True, api_key=api_key)
-        self.wake()
-        return described
+        await self.apply()
+        with self.session_factory() as session:
+            return self.describe(session, session.get(Deployment, name), events=True,
+                                 api_key=api_key)
 
     async def _canary(self, session: Session, caller: Caller, d: Deployment, version: str,
                       percent: int) -> str:
@@ -245,7 +252,7 @@ class DeploymentService:
         d.canary_revision, d.canary_percent = name, percent
         return f"canary {name} (version {version}) at {percent}%"
 
-    def delete(self, caller: Caller, name: str) -> None:
+    async def delete(self, caller: Caller, name: str) -> None:
         with self.session_factory() as session:
             d = self._visible(session, caller, name)
             d.stopped = True
@@ -254,7 +261,7 @@ class DeploymentService:
             audit(session, caller, "delete", "deployment", name,
                   before={"model": d.model, "stable_revision": d.stable_revision})
             session.commit()
-        self.wake()
+        await self.apply()
 
 
 def traffic_split(d: Deployment, ready: dict[str, int]) -> dict[str, int]:
@@ -288,6 +295,7 @@ class DeploymentController:
         self._fetching: dict[tuple[str, str], asyncio.Task] = {}
         self._generation = 0
         self._published: dict | None = None
+        self._lock = asyncio.Lock()  # one reconciliation at a time: never two starts of a replica
 
     def wake(self) -> None:
         self._wake.set()
@@ -331,7 +339,19 @@ class DeploymentController:
             except asyncio.TimeoutError:
                 pass
 
+    async def apply_now(self, timeout: float = 3.0) -> None:
+        await self.reconcile()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (await self.backend.stats()).get("generation", -1) >= self._generation:
+                return
+            await asyncio.sleep(0.05)
+
     async def reconcile(self) -> None:
+        async with self._lock:
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
         stats = (await self.backend.stats()).get("deployments", {})
         self.service.traffic = stats
         now = time.monotonic()
@@ -500,7 +520,8 @@ class DeploymentController:
             table[d.name] = {"owner": d.owner, "admins_allowed": True, "key_hashes": [d.key_hash],
                              "model": d.model, "revisions": revisions}
         if table != self._published:
-            self._generation += 1
+            # milliseconds: increases across control-plane restarts, as the router expects
+            self._generation = max(self._generation + 1, int(time.time() * 1000))
             self.backend.publish({"generation": self._generation, "deployments": table})
             self._published = table
 

@@ -36,8 +36,8 @@ class DeploymentHandler(APIHandler):
             self.caller, name, self.parse(UpdateDeployment)))
 
     @operation("Delete: replicas drain, then stop", status=204)
-    def delete(self, name: str):
-        self.settings["deployments"].delete(self.caller, name)
+    async def delete(self, name: str):
+        await self.settings["deployments"].delete(self.caller, name)
         self.set_status(204)
         self.finish()
 

@@ -31,6 +31,7 @@ from ..deployments.backend import ServingBackend
 from ..deployments.service import DeploymentController, DeploymentService
 from ..registry.service import ModelRepository
 from . import api_catalog, api_deployments, api_jobs, api_models
+from . import admin_pages
 from .metrics import MetricsHandler
 from .pages import HomeHandler
 from .openapi import HealthHandler, OpenAPIHandler, build_openapi, tornado_pattern
@@ -152,7 +153,7 @@ class FermiService(Application):
                                              self.serving_backend, self.serving_url)
         self.controller = DeploymentController(self.session_factory, self.deployments,
                                                self.serving_backend, self.tracker)
-        self.deployments.wake = self.controller.wake
+        self.deployments.controller = self.controller
 
     def make_app(self) -> web.Application:
         prefix = self.prefix.rstrip("/")
@@ -167,6 +168,7 @@ class FermiService(Application):
             (prefix + "/api/health", HealthHandler),
             (prefix + "/oauth_callback", HubOAuthCallbackHandler),
             (prefix + "/metrics", MetricsHandler),
+            *admin_pages.page_routes(prefix),
             (prefix + "/?", HomeHandler),
         ]
         return web.Application(
