@@ -159,3 +159,73 @@ def test_ctrl_c_stops_everything_and_the_next_start_runs_interrupted_jobs(tmp_pa
         alice.api("POST", f"jobs/{job['id']}/cancel")
     finally:
         second.stop()
+
+
+TRAIN = """
+import mlflow
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+X, y = load_iris(return_X_y=True)
+mlflow.sklearn.log_model(LogisticRegression(max_iter=300).fit(X, y), name="model",
+                         registered_model_name=model_name)
+"""
+
+
+def ready_replicas(user, name: str) -> set[str]:
+    d = user.api("GET", f"deployments/{name}").json()
+    return {r["id"] for r in d.get("replicas", []) if r["state"] == "ready"}
+
+
+def test_deployments_keep_answering_through_a_crash_and_are_restored(tmp_path):
+    data = tmp_path / "data"
+    first = start_platform(data)
+    alice = first.user("alice")
+    job = alice.wait(alice.submit(make_notebook(TRAIN, parameters='model_name = "iris"'))["id"],
+                     timeout=180)
+    assert job["status"] == "succeeded", job
+    # the notebook never called start_run: the platform still attached MLflow to the job's run
+    assert job["models"] == [{"name": "iris", "version": "1"}]
+    assert alice.api("GET", "models/iris").json()["versions"][0]["job"]["id"] == job["id"]
+    created = alice.api("POST", "deployments", json={
+        "name": "iris", "model": "iris", "version": "1", "min_replicas": 2, "max_replicas": 2})
+    assert created.status_code == 201, created.text
+    key, url = created.json()["api_key"], created.json()["url"]
+    wait_until(lambda: len(ready_replicas(alice, "iris")) == 2, timeout=120, what="2 ready replicas")
+    before = ready_replicas(alice, "iris")
+    infer = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}
+    headers = {"Authorization": f"Bearer {key}"}
+    import httpx
+
+    assert httpx.post(f"{url}/v2/models/iris/infer", json=infer, headers=headers).status_code == 200
+
+    # a crash of the platform: the endpoint's router and replicas live on and keep answering
+    for process in platform_processes(first).values():
+        process.send_signal(signal.SIGKILL)
+    first.process.wait(10)
+    assert httpx.post(f"{url}/v2/models/iris/infer", json=infer, headers=headers).status_code == 200
+
+    second = start_platform(data, port=first.port, serving_port=first.serving_port)
+    try:
+        alice.http.base_url = second.url
+        wait_until(lambda: alice.api("GET", "deployments/iris").json().get("status") == "ready",
+                   what="the deployment to be ready again")
+        assert ready_replicas(alice, "iris") == before  # adopted, not restarted
+        assert httpx.post(f"{url}/v2/models/iris/infer", json=infer, headers=headers).status_code == 200
+        # Ctrl-C stops every process; the next start restores the declared state
+        second.stop(signal.SIGINT)
+        assert second.process.returncode == 0
+        try:
+            refused = httpx.post(f"{url}/v2/models/iris/infer", json=infer, headers=headers, timeout=2)
+            assert refused.status_code >= 500
+        except httpx.HTTPError:
+            pass  # nothing listens any more: expected
+    finally:
+        second.stop()
+    third = start_platform(data, port=first.port, serving_port=first.serving_port)
+    try:
+        alice.http.base_url = third.url
+        wait_until(lambda: len(ready_replicas(alice, "iris")) == 2, timeout=120,
+                   what="2 replicas again after a restart")
+        assert httpx.post(f"{url}/v2/models/iris/infer", json=infer, headers=headers).status_code == 200
+    finally:
+        third.stop()

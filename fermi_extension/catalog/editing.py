@@ -13,6 +13,7 @@ change at once.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 import yaml
@@ -142,12 +143,17 @@ def export_yaml(catalog: Catalog) -> str:
 
 
 def parse_catalog_document(text: str | bytes, content_type: str | None = None) -> dict:
-    """A catalogue sent as YAML or JSON (JSON is YAML); errors say where."""
-    try:
-        raw = yaml.safe_load(text) if text else None
-    except yaml.YAMLError as error:
-        kind = "JSON" if content_type and "json" in content_type else "YAML"
-        raise InvalidInput(f"The catalogue is not valid {kind}: {error}") from None
+    """A catalogue sent as JSON (``application/json``) or YAML (anything else); errors say where."""
+    if content_type and "json" in content_type:
+        try:
+            raw = json.loads(text or b"null")
+        except ValueError as error:
+            raise InvalidInput(f"The catalogue is not valid JSON: {error}.") from None
+    else:
+        try:
+            raw = yaml.safe_load(text) if text else None
+        except yaml.YAMLError as error:
+            raise InvalidInput(f"The catalogue is not valid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise InvalidInput("The catalogue must be a mapping with images, profiles and pools.")
     return raw
@@ -356,6 +362,12 @@ class CatalogEditor:
         that changes (action ``import``) and one audit event."""
         if not isinstance(raw, dict):
             raise InvalidInput("The catalogue must be a mapping with images, profiles and pools.")
+        missing = [kind for kind in ("pools", "images", "profiles") if kind not in raw]
+        if missing:  # an import replaces everything: a missing list would delete a whole kind
+            raise InvalidInput(
+                f"{missing[0]}: missing; an import replaces the whole catalogue, so it needs "
+                "pools, images and profiles (fermi catalog export writes all three)."
+            )
         try:
             catalog = Catalog.model_validate(raw)
         except ValidationError as error:

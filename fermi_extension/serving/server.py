@@ -412,11 +412,11 @@ class SklearnPredictor(Predictor):
             return
         except Exception as e:  # noqa: BLE001 - any failure decides the mode below
             error = e
-        if not self.pandas_allowed:
-            raise NeedsPandas(f"scoring the input example failed without pandas: {error}")
         names = getattr(self.model, "feature_names_in_", None)
         names = [str(c) for c in names] if names is not None else card.columns
-        if names and len(names) == rows.shape[1]:
+        if not self.pandas_allowed and (names or _blames_pandas(error)):
+            raise NeedsPandas(f"scoring the input example failed without pandas: {error}")
+        if self.pandas_allowed and names and len(names) == rows.shape[1]:
             self.frame_columns = names
             try:
                 self.run(rows, ("predict",))
@@ -588,7 +588,8 @@ def decode_rows(inputs, columns: list[str] | None, n_columns: int | None,
 def _stack_columns(tensors, columns, n_columns) -> np.ndarray:
     if not columns:
         raise InvalidInput("this model's signature names no columns, so per-column inputs cannot "
-                           f"be matched; send one 2-D tensor of shape [rows, {n_columns or 'columns'}]")
+                           "be matched; send one 2-D tensor of shape "
+                           f"[rows, {n_columns or 'columns'}]")
     by_name = {}
     for name, values in tensors:
         if name not in columns:
@@ -867,7 +868,8 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"
             413: "Content Too Large", 422: "Unprocessable Content",
             431: "Request Header Fields Too Large", 500: "Internal Server Error",
             501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported"}
-_STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n".encode() for code, reason in _REASONS.items()}
+_STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n".encode()
+                 for code, reason in _REASONS.items()}
 
 
 class _Date:
@@ -1249,11 +1251,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="python -m fermi_extension.serving.server",
         description="Serve one MLflow model version over the KServe Open Inference Protocol V2.",
     )
-    parser.add_argument("--model-dir", required=True, help="local MLflow model directory (has MLmodel)")
-    parser.add_argument("--model-name", required=True, help="the name clients use in /v2/models/{name}")
-    parser.add_argument("--model-version", required=True, help="the version reported and accepted")
-    parser.add_argument("--port", required=True, type=int, help="TCP port to listen on (0: any free)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--model-dir", required=True,
+                        help="local MLflow model directory (the one holding MLmodel)")
+    parser.add_argument("--model-name", required=True,
+                        help="the name clients use in /v2/models/{name}")
+    parser.add_argument("--model-version", required=True,
+                        help="the version reported, and accepted in /versions/{v}")
+    parser.add_argument("--port", required=True, type=int,
+                        help="TCP port to listen on (0: any free one, logged)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1)")
     return parser.parse_args(argv)
 
 

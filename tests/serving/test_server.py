@@ -109,7 +109,7 @@ def wine():
 
 @pytest.fixture(scope="module")
 def models(wine, tmp_path_factory) -> dict[str, Path]:
-    """Model directories: skops, cloudpickle, slow (2 s to unpickle), broken, frames-only."""
+    """Model directories: skops, cloudpickle, slow (1.5 s to unpickle), broken, frames-only."""
     import mlflow.sklearn
     from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import LogisticRegression
@@ -131,7 +131,7 @@ def models(wine, tmp_path_factory) -> dict[str, Path]:
     mlmodel = yaml.safe_load((dirs["slow"] / "MLmodel").read_text())
     mlmodel["flavors"]["sklearn"]["serialization_format"] = "pickle"
     (dirs["slow"] / "MLmodel").write_text(yaml.safe_dump(mlmodel))
-    (dirs["slow"] / "model.pkl").write_bytes(pickle.dumps(_SlowToUnpickle(pipeline, 2.0)))
+    (dirs["slow"] / "model.pkl").write_bytes(pickle.dumps(_SlowToUnpickle(pipeline, 1.5)))
 
     dirs["broken"] = root / "broken"
     shutil.copytree(dirs["cloudpickle"], dirs["broken"])
@@ -171,9 +171,10 @@ class _Sleep:
 
 @pytest.fixture(scope="module")
 def replicas(models, tmp_path_factory):
-    """The skops and the cloudpickle model, each served by a replica."""
+    """The skops, the cloudpickle and the frames-only model, each served by a replica (started
+    together: loading is mostly waiting on imports)."""
     logs = tmp_path_factory.mktemp("logs")
-    running = {kind: Replica(models[kind], logs) for kind in ("skops", "cloudpickle")}
+    running = {kind: Replica(models[kind], logs) for kind in ("skops", "cloudpickle", "frames")}
     try:
         for replica in running.values():
             replica.wait_ready()
@@ -321,7 +322,7 @@ def test_server_and_model_metadata(skops_replica, wine):
 
 
 def test_live_at_once_ready_only_once_loaded(models, tmp_path):
-    replica = Replica(models["slow"], tmp_path)  # takes 2 s to unpickle
+    replica = Replica(models["slow"], tmp_path)  # takes 1.5 s to unpickle
     try:
         assert wait_for(lambda: replica.status("/v2/health/live") == 200, 15, 0.05), \
             replica.stderr()
@@ -342,20 +343,15 @@ def test_the_lean_process_keeps_pandas_out_and_stays_under_250_mb(skops_replica)
     assert process.memory_info().rss < 250 * 2**20
 
 
-def test_a_model_that_needs_dataframes_gets_them_after_a_restart_with_pandas(models, wine,
-                                                                            tmp_path):
+def test_a_model_that_needs_dataframes_gets_them_after_a_restart_with_pandas(replicas, models,
+                                                                            wine):
     X, _ = wine
-    replica = Replica(models["frames"], tmp_path)
-    try:
-        replica.wait_ready()
-        rows = X.iloc[[1, 90, 150]]
-        response = replica.infer({"inputs": [tensor(rows.to_numpy())]})
-        assert response.status_code == 200, response.text
-        assert response.json()["outputs"][0]["data"] == models["frames_model"].predict(rows).tolist()
-        assert "restarting with pandas" in replica.stderr()
-    finally:
-        replica.stop()
-    assert replica.process.returncode == 0
+    replica = replicas["frames"]
+    rows = X.iloc[[1, 90, 150]]
+    response = replica.infer({"inputs": [tensor(rows.to_numpy())]})
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["data"] == models["frames_model"].predict(rows).tolist()
+    assert "restarting with pandas" in replica.stderr()  # the same process, re-executed
 
 
 # -- errors ---------------------------------------------------------------------------------------

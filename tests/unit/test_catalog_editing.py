@@ -429,8 +429,18 @@ def test_import_against_a_stale_version_is_refused(store, editor):
 def test_catalogue_documents_must_be_mappings():
     with pytest.raises(InvalidInput, match="not valid YAML"):
         parse_catalog_document("images: [\n  - a\nprofiles: {")
+    with pytest.raises(InvalidInput, match="not valid JSON"):
+        parse_catalog_document(b"{images", "application/json")
     with pytest.raises(InvalidInput, match="mapping"):
         parse_catalog_document("- 1\n- 2\n")
+    assert parse_catalog_document(b'{"pools": []}', "application/json") == {"pools": []}
+
+
+def test_an_import_without_a_kind_is_refused_rather_than_deleting_it(store, editor):
+    raw = yaml.safe_load(export_yaml(store.catalog()))
+    del raw["pools"]
+    with pytest.raises(InvalidInput, match="pools: missing"):
+        editor.replace(raw, dry_run=True)
 
 
 # -- helpers ----------------------------------------------------------------------------------

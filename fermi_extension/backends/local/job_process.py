@@ -64,6 +64,16 @@ class ProgressEngine(NBClientEngine):
 papermill_engines.register("fermi", ProgressEngine)
 
 
+def install_kernel_startup(ipython_dir: Path) -> None:
+    """The job's kernel gets its own IPython profile whose start-up file attaches MLflow to the
+    job's run (see jobs/attach_run.py)."""
+    startup = ipython_dir / "profile_default" / "startup"
+    startup.mkdir(parents=True, exist_ok=True)
+    source = Path(__file__).resolve().parents[2] / "jobs" / "attach_run.py"
+    (startup / "00-fermi-attach-run.py").write_text(source.read_text())
+    os.environ["IPYTHONDIR"] = str(ipython_dir)
+
+
 def run(request: dict) -> int:
     """Run one attempt. Never returns to the caller's loop: the caller ``os._exit``s with it."""
     files = JobFiles(Path(request["job_dir"]))
@@ -81,6 +91,7 @@ def run(request: dict) -> int:
     write_json_atomic(files.process, {"pid": os.getpid(), "started": identity(os.getpid())})
     os.environ.clear()
     os.environ.update(request["env"])
+    install_kernel_startup(files.root / "ipython")
     os.chdir(files.workdir)
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, force=True,

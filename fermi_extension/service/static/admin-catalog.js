@@ -208,6 +208,8 @@
 
   // one panel (editor or history) open under a row, or at the top of a table for "new"
   function openPanel(tbody, row, cols) {
+    var status = document.getElementById("catalog-status");
+    if (status) { status.textContent = ""; status.className = "msg"; }
     var old = tbody.querySelector("tr.panel");
     if (old) old.parentNode.removeChild(old);
     var cell = h("td", { colspan: String(cols) });
