@@ -27,7 +27,14 @@ from ..caller import Caller, audit
 from ..db import CatalogItem, CatalogRevision
 from ..errors import Conflict, FermiError, Forbidden, InvalidInput, NotFound
 from .model import Catalog
-from .models import ImportPlan, ItemDeleted, ItemHistory, ItemRevision, ItemRevisionDetail, KindChanges
+from .models import (
+    ImportPlan,
+    ItemDeleted,
+    ItemHistory,
+    ItemRevision,
+    ItemRevisionDetail,
+    KindChanges,
+)
 from .store import KINDS, CatalogStore, ItemMeta, catalog_version, validation_message
 
 SINGULAR = {"images": "image", "profiles": "profile", "pools": "pool"}

@@ -45,7 +45,8 @@ def check_tag(tag: str) -> str:
 
 def check_digest(digest: str) -> str:
     if not DIGEST.fullmatch(digest):
-        raise ValueError(f"digest {digest!r} is not a valid digest: expected sha256:<64 hex digits>")
+        raise ValueError(
+            f"digest {digest!r} is not a valid digest: expected sha256:<64 hex digits>")
     algorithm, _, hex_ = digest.partition(":")
     if algorithm == "sha256" and len(hex_) != 64:
         raise ValueError(f"digest {digest!r} is not a valid sha256 digest: it needs 64 hex digits")
@@ -83,7 +84,10 @@ def check_reference(reference: str) -> str:
     if len(components) > 1 and ("." in first or ":" in first or first == "localhost"
                                 or first != first.lower()):
         split = first.rfind(":") if not first.startswith("[") else first.find("]:") + 1
-        host, colon, port = (first, "", "") if split <= 0 else (first[:split], ":", first[split + 1:])
+        if split <= 0:
+            host, colon, port = first, "", ""
+        else:
+            host, colon, port = first[:split], ":", first[split + 1:]
         if not HOST.fullmatch(host) or (colon and not port.isdigit()):
             raise bad(f"registry {first!r} is not host[:port]")
         components = components[1:]
@@ -120,7 +124,8 @@ class Image(Strict):
     description: str = ""
     kind: Literal["official", "community", "custom"] = "official"
     reference: str = Field(
-        description="registry reference without the version's tag, e.g. quay.io/jupyter/scipy-notebook"
+        description="registry reference without the version's tag, "
+        "e.g. quay.io/jupyter/scipy-notebook"
     )
     local: bool = Field(
         False, description="runs on the embedded default with the platform's own Python environment"

@@ -95,7 +95,8 @@ class ItemRevision(BaseModel):
     slug: str
     revision: int
     action: Action
-    data: dict[str, Any] | None = Field(description="the whole item after the change; null: deleted")
+    data: dict[str, Any] | None = Field(
+        description="the whole item after the change; null: deleted")
     by: str
     at: dt.datetime
 

@@ -112,7 +112,8 @@ class CatalogStore:
         elif image in images and images[image].redirect_message:
             raise InvalidInput(
                 f"Image {image!r} is no longer offered: "
-                f"{images[image].redirect_message.rstrip('. ')}. Choose one of: " + ", ".join(s for s, i in images.items() if not i.hidden)
+                f"{images[image].redirect_message.rstrip('. ')}. Choose one of: "
+                + ", ".join(s for s, i in images.items() if not i.hidden)
                 + " (GET catalog/images lists them)."
             )
         else:
