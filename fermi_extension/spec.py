@@ -27,12 +27,19 @@ class RuntimeSpec(BaseModel):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     price_per_hour: float = 0.0
+    pull_secrets: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
 
 
 def runtime_spec(image: Image, profile: Profile, version: str | None = None) -> RuntimeSpec:
-    tag = version or (image.versions[0].tag if image.versions else None)
-    reference = f"{image.reference}:{tag}" if tag and not image.local else image.reference
+    chosen = next((v for v in image.versions if v.tag == version), None) if version else (
+        image.versions[0] if image.versions else None)
+    tag = chosen.tag if chosen else version
+    reference = image.reference
+    if chosen is not None and chosen.digest:  # a digest pins the exact image; a tag can move
+        reference = f"{image.reference}@{chosen.digest}"
+    elif tag:
+        reference = f"{image.reference}:{tag}"
     return RuntimeSpec(
         image=image.slug,
         image_version=tag,
@@ -49,4 +56,5 @@ def runtime_spec(image: Image, profile: Profile, version: str | None = None) -> 
         node_selector=dict(profile.node_selector),
         tolerations=list(profile.tolerations),
         price_per_hour=profile.price_per_hour,
+        pull_secrets=[image.pull_secret] if image.pull_secret else [],
     )

@@ -29,6 +29,8 @@ class HomeHandler(APIHandler):
             f"<tr><td>{html.escape(status)}</td><td>{counts.get(status, 0)}</td></tr>"
             for status in ("queued", "running", "succeeded", "failed", "cancelled")
         )
+        admin_link = (f' · <a href="{prefix}admin/catalog">Image catalogue / 镜像管理 (admin)</a>'
+                      if caller.admin else "")
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.finish(f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Fermi 费米集群</title>
@@ -38,7 +40,7 @@ background:linear-gradient(90deg,#16a34a,#2563eb)}}table{{border-collapse:collap
 td{{padding:.2rem 1rem .2rem 0}}code{{background:#f3f4f6;padding:.1rem .3rem}}</style></head>
 <body><h1>Fermi 费米集群</h1>
 <p>Signed in as <b>{html.escape(caller.name)}</b>{' (admin)' if caller.admin else ''}.
-<a href="/hub/home">Dev environments / 开发环境</a></p>
+<a href="/hub/home">Dev environments / 开发环境</a>{admin_link}</p>
 <div class="card"><b>Training jobs / 训练任务</b> — batch runs of a notebook: queued, tracked,
 resources freed at the end. 批处理训练作业：自动排队、实验追踪、完成后自动释放资源。</div>
 <table>{rows}</table>

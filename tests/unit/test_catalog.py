@@ -200,12 +200,17 @@ def test_runtime_spec_carries_the_profile_placement_and_price(shipped_catalog):
     assert spec.kernel == "python3"
 
 
-def test_runtime_spec_pins_container_images_to_a_tag_but_not_local_ones():
+def test_runtime_spec_pins_images_to_a_tag_or_digest():
+    """A local image runs in the platform's Python here, but on Kubernetes the same catalogue
+    entry is a container: its reference is pinned either way."""
     profile = Profile(slug="cpu-small", name="CPU small")
     local = Image(slug="py", name="Py", reference="quay.io/jupyter/scipy-notebook", local=True,
                   versions=[{"tag": "2025-06-30"}])
     container = local.model_copy(update={"local": False})
-    assert runtime_spec(local, profile).image_reference == "quay.io/jupyter/scipy-notebook"
+    assert runtime_spec(local, profile).image_reference == "quay.io/jupyter/scipy-notebook:2025-06-30"
+    digest = "sha256:" + "a" * 64
+    pinned = Image.model_validate({**container.model_dump(), "versions": [{"tag": "2025-06-30", "digest": digest}]})
+    assert runtime_spec(pinned, profile).image_reference == f"quay.io/jupyter/scipy-notebook@{digest}"
     assert runtime_spec(container, profile).image_reference == \
         "quay.io/jupyter/scipy-notebook:2025-06-30"
     assert runtime_spec(container, profile, "2024-01-01").image_reference == \
