@@ -541,7 +541,10 @@ def _decode_tensor(tensor, index: int) -> tuple[str, np.ndarray]:
         raise InvalidInput(f"input {name!r} has no \"data\"")
     try:
         values = np.array(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError):
+    except OverflowError:
+        raise InvalidInput(f"input {name!r}: a value is out of the range of {datatype}; use a "
+                           "wider datatype")
+    except (ValueError, TypeError):
         raise InvalidInput(f"input {name!r}: data is not a list of {datatype} values")
     expected = math.prod(shape)
     if values.size != expected:
@@ -970,11 +973,7 @@ class Connection(asyncio.Protocol):
             self._dispatch(method, target, keep_alive, body)
 
     def _parse_head(self, head: bytes):
-        try:
-            text = head.decode("latin-1")
-        except UnicodeDecodeError:  # latin-1 decodes everything; kept for clarity
-            raise HttpError(400, "the request head is not text")
-        lines = text.split("\r\n")
+        lines = head.decode("latin-1").split("\r\n")
         request_line = lines[0].split(" ")
         if len(request_line) != 3:
             raise HttpError(400, "malformed request line; expected METHOD TARGET HTTP/1.1")
@@ -992,7 +991,8 @@ class Connection(asyncio.Protocol):
             name = name.lower()
             if name == "content-length":
                 value = value.strip()
-                if not value.isdigit() or (length is not None and int(value) != length):
+                if not (value.isascii() and value.isdigit()) or \
+                        (length is not None and int(value) != length):
                     raise HttpError(400, "invalid Content-Length")
                 length = int(value)
             elif name == "transfer-encoding":
