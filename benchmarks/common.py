@@ -94,9 +94,12 @@ def make_notebook(*sources: str, parameters: str | None = "x = 1") -> dict:
 class Platform:
     """One `fermi up` process on a free port with its own data dir."""
 
-    def __init__(self, data: Path, port: int | None = None, admin_token: str | None = None):
+    def __init__(self, data: Path, port: int | None = None, admin_token: str | None = None,
+                 serving_port: int | None = None):
         self.data = Path(data)
         self.port = port or free_port()
+        # the inference router's port (`fermi up --serving-port`); its default, port + 1, may be taken
+        self.serving_port = serving_port or free_port()
         self.admin_token = admin_token or secrets.token_hex(16)
         self.process: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
@@ -109,11 +112,14 @@ class Platform:
         if not self._port_free(self.port):
             self.port = free_port()
             self.url = f"http://127.0.0.1:{self.port}"
+        while self.serving_port == self.port or not self._port_free(self.serving_port):
+            self.serving_port = free_port()
         self.output = []
         env = {**os.environ, "FERMI_ADMIN_TOKEN": self.admin_token}
         t0 = time.monotonic()
         self.process = subprocess.Popen(
-            [FERMI, "up", "--data-dir", str(self.data), "--port", str(self.port)],
+            [FERMI, "up", "--data-dir", str(self.data), "--port", str(self.port),
+             "--serving-port", str(self.serving_port)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True,  # a Ctrl-C of the benchmark reaches us, not `fermi up`
         )
@@ -162,6 +168,20 @@ class Platform:
     def remember_processes(self) -> None:
         for proc in self.descendants():
             self._seen[proc.pid] = proc
+        # the router and the replicas run in sessions of their own and are meant to outlive a
+        # dead control plane: remember them by their recorded pids too
+        pids = [r["pid"] for r in replica_rows(self.db_path) if r.get("pid")]
+        router = router_state(self.data).get("pid")
+        if router:
+            pids.append(router)
+        for pid in pids:
+            if pid not in self._seen:
+                try:
+                    proc = psutil.Process(pid)
+                    if "fermi_extension.serving" in " ".join(proc.cmdline()):
+                        self._seen[pid] = proc
+                except psutil.Error:
+                    pass
 
     def stop(self, timeout: float = 120) -> None:
         """SIGINT to `fermi up`, wait for it; then kill anything it started that is still alive."""
@@ -234,6 +254,10 @@ def short_cmd(proc: psutil.Process) -> str:
 def classify(proc: psutil.Process) -> str:
     """Which part of the platform a process is, from its command line."""
     cmd = " ".join(proc.cmdline())
+    if "fermi_extension.serving.router" in cmd:
+        return "router"
+    if "fermi_extension.serving.server" in cmd:
+        return "model server"
     if "fermi_extension.service.app" in cmd:
         return "control plane"
     if "fermi_extension.backends.local.launcher" in cmd:
@@ -345,3 +369,296 @@ def timed_gets(client: httpx.Client, path: str, n: int, warmup: int = 10) -> lis
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str))
+
+
+# -- inference services ---------------------------------------------------------------------------
+
+WINE_TEMPLATE = REPO / "notebooks" / "templates" / "tabular-classifier.ipynb"
+
+
+def require_wrk() -> str:
+    """The path of `wrk`, or exit 2 with a sentence saying how to get it."""
+    import shutil
+
+    path = shutil.which("wrk")
+    if not path:
+        print("ERROR: this benchmark needs `wrk` (HTTP load generator) on PATH and it is missing.\n"
+              "Install it with: apt-get update && apt-get install -y wrk", file=sys.stderr, flush=True)
+        sys.exit(2)
+    return path
+
+
+def wine_rows(n: int = 1) -> list[list[float]]:
+    from sklearn.datasets import load_wine
+
+    return load_wine().data[:n].tolist()
+
+
+def v2_body(rows: list[list[float]]) -> dict:
+    """A V2 infer request of rows of the wine data set as one FP64 tensor ``input-0``."""
+    return {"inputs": [{"name": "input-0", "shape": [len(rows), len(rows[0])], "datatype": "FP64",
+                        "data": [x for row in rows for x in row]}]}
+
+
+def register_wine_models(platform: "Platform", token: str, model: str,
+                         cs: tuple[float, ...] = (1.0,), timeout: float = 300) -> list[dict]:
+    """Run the tabular-classifier template as one job per C (in order), so that versions 1, 2, ...
+    of ``model`` get registered. Returns the ended jobs; raises when one did not succeed."""
+    notebook = json.loads(WINE_TEMPLATE.read_text())
+    jobs = []
+    with platform.client(token) as client:
+        for c in cs:
+            response = client.post(f"{API}/jobs", json={
+                "notebook": notebook, "name": f"train-{model}-C{c}",
+                "parameters": {"C": c, "model_name": model}})
+            if response.status_code != 201:
+                raise RuntimeError(f"submit template: {response.status_code} {response.text[:300]}")
+            job_id = response.json()["id"]
+            deadline = time.monotonic() + timeout
+            while True:
+                job = client.get(f"{API}/jobs/{job_id}").json()
+                if job["status"] in ENDED:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"training job {job_id} still {job['status']} after {timeout} s")
+                time.sleep(0.3)
+            if job["status"] != "succeeded":
+                raise RuntimeError(f"training job {job_id} {job['status']}: {job.get('reason')}")
+            jobs.append(job)
+    return jobs
+
+
+def deploy(client: httpx.Client, **fields) -> dict:
+    response = client.post(f"{API}/deployments", json=fields)
+    if response.status_code != 201:
+        raise RuntimeError(f"POST deployments: {response.status_code} {response.text[:500]}")
+    return response.json()
+
+
+def get_deployment(client: httpx.Client, name: str) -> dict:
+    response = client.get(f"{API}/deployments/{name}")
+    response.raise_for_status()
+    return response.json()
+
+
+def wait_deployment(client: httpx.Client, name: str, predicate, timeout: float = 120,
+                    poll: float = 0.25, what: str = "condition") -> tuple[dict, float]:
+    """Poll GET deployments/{name} until ``predicate(d)``; returns (d, seconds waited)."""
+    t0 = time.monotonic()
+    while True:
+        d = get_deployment(client, name)
+        if predicate(d):
+            return d, time.monotonic() - t0
+        if d.get("status") == "failed":
+            raise RuntimeError(f"deployment {name} failed: {d.get('reason')}; events: {d.get('events')}")
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"deployment {name}: {what} not reached in {timeout} s: "
+                               f"status {d.get('status')}, replicas {d.get('replicas')}")
+        time.sleep(poll)
+
+
+def ready_replicas(d: dict) -> list[dict]:
+    return [r for r in d.get("replicas", []) if r["state"] == "ready"]
+
+
+def replica_rows(db_path: Path) -> list[dict]:
+    """Rows of the control plane's ``replicas`` table (read-only; [] when there is none yet)."""
+    import sqlite3
+
+    if not Path(db_path).exists():
+        return []
+    try:
+        connection = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        try:
+            cursor = connection.execute(
+                "SELECT id, deployment, revision, state, url, pid FROM replicas")
+            names = [c[0] for c in cursor.description]
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return []
+
+
+def router_state(data: Path) -> dict:
+    try:
+        return json.loads((Path(data) / "serving" / "router.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def router_stats(data: Path) -> dict:
+    """The router's admin ``/stats`` (per deployment and replica counters)."""
+    state = router_state(data)
+    token = (Path(data) / "serving" / "admin-token").read_text().strip()
+    response = httpx.get(f"http://127.0.0.1:{state['admin_port']}/stats",
+                         headers={"Authorization": f"token {token}"}, timeout=5)
+    response.raise_for_status()
+    return response.json()
+
+
+def rss_mb(pid: int) -> dict:
+    full = psutil.Process(pid).memory_full_info()
+    mb = 1024 * 1024
+    return {"pid": pid, "rss_mb": round(full.rss / mb, 1), "pss_mb": round(full.pss / mb, 1),
+            "uss_mb": round(full.uss / mb, 1)}
+
+
+class Load:
+    """``clients`` threads, each with its own keep-alive httpx client, POSTing ``body`` to ``url``
+    in a loop until stopped; every outcome (status code, or the exception's class name) is kept
+    with its completion time. ``interval`` > 0 paces each thread (seconds between request starts).
+    ``want_version`` parses each 200 answer for ``model_version``."""
+
+    def __init__(self, url: str, body: dict, headers: dict, clients: int, interval: float = 0.0,
+                 want_version: bool = False, timeout: float = 30.0):
+        self.url, self.headers, self.clients = url, headers, clients
+        self.payload = json.dumps(body).encode()
+        self.interval, self.want_version, self.timeout = interval, want_version, timeout
+        self.stop_event = threading.Event()
+        self.records: list[list[tuple[float, object, str | None]]] = []
+        self.threads: list[threading.Thread] = []
+        self.started_at: float | None = None
+
+    def _worker(self, sink: list) -> None:
+        headers = {**self.headers, "Content-Type": "application/json"}
+        with httpx.Client(timeout=self.timeout, headers=headers) as http:
+            next_at = time.monotonic()
+            while not self.stop_event.is_set():
+                if self.interval:
+                    delay = next_at - time.monotonic()
+                    if delay > 0 and self.stop_event.wait(delay):
+                        break
+                    next_at = max(next_at + self.interval, time.monotonic() - self.interval)
+                version = None
+                try:
+                    response = http.post(self.url, content=self.payload)
+                    outcome: object = response.status_code
+                    if self.want_version and response.status_code == 200:
+                        version = response.json().get("model_version")
+                except Exception as error:  # noqa: BLE001 — every failure counts
+                    outcome = type(error).__name__
+                sink.append((time.monotonic(), outcome, version))
+
+    def start(self) -> "Load":
+        self.started_at = time.monotonic()
+        for _ in range(self.clients):
+            sink: list = []
+            self.records.append(sink)
+            thread = threading.Thread(target=self._worker, args=(sink,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+        return self
+
+    def stop(self, timeout: float = 40) -> None:
+        self.stop_event.set()
+        for thread in self.threads:
+            thread.join(timeout)
+
+    def outcomes(self, start: float | None = None, end: float | None = None) -> dict:
+        """Counts in [start, end) by monotonic completion time: total, ok (200), failed, by
+        outcome, by model version."""
+        by_outcome: dict[str, int] = {}
+        versions: dict[str, int] = {}
+        first_failure = last_failure = None
+        for sink in self.records:
+            for at, outcome, version in list(sink):
+                if (start is not None and at < start) or (end is not None and at >= end):
+                    continue
+                by_outcome[str(outcome)] = by_outcome.get(str(outcome), 0) + 1
+                if version is not None:
+                    versions[version] = versions.get(version, 0) + 1
+                if outcome != 200:
+                    first_failure = at if first_failure is None else min(first_failure, at)
+                    last_failure = at if last_failure is None else max(last_failure, at)
+        total = sum(by_outcome.values())
+        ok = by_outcome.get("200", 0)
+        return {"total": total, "ok": ok, "failed": total - ok, "by_outcome": by_outcome,
+                "versions": versions, "first_failure_at": first_failure,
+                "last_failure_at": last_failure}
+
+
+def wrk_script(path: Path, body: dict, headers: dict) -> Path:
+    """A wrk Lua script that POSTs ``body`` as JSON with ``headers``."""
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(body))}",
+             'wrk.headers["Content-Type"] = "application/json"']
+    for name, value in headers.items():
+        lines.append(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _ms(text: str) -> float:
+    import re
+
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if not match:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def run_wrk(url: str, script: Path, *, threads: int = 1, connections: int = 8,
+            seconds: int = 10, latency: bool = False, timeout_s: str = "5s") -> dict:
+    """Run wrk once and parse its report: requests/s, requests, latency mean/stdev/max and (with
+    ``latency``) p50/p75/p90/p99, non-2xx answers and socket errors."""
+    import re
+
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", timeout_s,
+               "-s", str(script)]
+    if latency:
+        command.append("--latency")
+    command.append(url)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    out = done.stdout
+    if done.returncode != 0 or "Requests/sec" not in out:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {out}\n{done.stderr}")
+    result: dict = {"command": " ".join(command), "raw": out}
+    result["requests_per_s"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    match = re.search(r"(\d+) requests in ([\d.]+\w+)", out)
+    result["requests"] = int(match.group(1))
+    match = re.search(r"Latency\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    result["latency_mean_ms"], result["latency_stdev_ms"], result["latency_max_ms"] = (
+        _ms(match.group(1)), _ms(match.group(2)), _ms(match.group(3)))
+    for p in ("50", "75", "90", "99"):
+        match = re.search(rf"^\s+{p}(?:\.000)?%\s+(\S+)", out, re.M)
+        if match:
+            result[f"p{p}_ms"] = _ms(match.group(1))
+    match = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    result["non_2xx"] = int(match.group(1)) if match else 0
+    match = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    result["socket_errors"] = sum(int(x) for x in match.groups()) if match else 0
+    return result
+
+
+def kill_if_alive(proc: "psutil.Process | subprocess.Popen | None", grace: float = 10) -> bool:
+    """SIGTERM, then SIGKILL after ``grace`` s, a process this script started (and its children).
+    Returns True when something had to be killed hard."""
+    if proc is None:
+        return False
+    try:
+        p = psutil.Process(proc.pid) if isinstance(proc, subprocess.Popen) else proc
+        if not p.is_running() or p.status() == psutil.STATUS_ZOMBIE:
+            if isinstance(proc, subprocess.Popen):
+                proc.poll()
+            return False
+        family = [p] + p.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return False
+    for q in family:
+        try:
+            q.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    for q in alive:
+        try:
+            q.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    if isinstance(proc, subprocess.Popen):
+        proc.poll()
+    return bool(alive)

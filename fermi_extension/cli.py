@@ -58,6 +58,13 @@ def cmd_jobs_submit(args) -> int:
         return 2
     declared = {p.name: p for p in detect_parameters(notebook)}
     parameters = {name: coerce_text(declared.get(name), value) for name, value in args.parameter}
+    if args.dry_run:
+        from .backends.kubernetes.render import catalog_from, dump, render_job
+
+        objects = render_job(path, parameters, catalog=catalog_from(args.catalog), image=args.image,
+                             profile=args.profile, nodes=args.nodes, timeout_seconds=args.timeout)
+        print(dump(objects, args.output), end="")
+        return 0
     body = {"notebook": notebook, "notebook_name": path.name, "parameters": parameters,
             "profile": args.profile, "image": args.image, "name": args.name,
             "priority": args.priority, "timeout_seconds": args.timeout}
@@ -233,6 +240,17 @@ def _print_deployment(d: dict) -> None:
 
 
 def cmd_deploy(args) -> int:
+    if args.dry_run:
+        from .backends.kubernetes.render import catalog_from, dump, render_deployment
+
+        objects = render_deployment(
+            args.model, args.version, catalog=catalog_from(args.catalog),
+            name=args.name or args.model.lower().replace("_", "-")[:40], profile=args.profile,
+            engine=args.engine or "auto", min_replicas=args.min or 1,
+            max_replicas=args.max or args.min or 1, target_concurrency=args.target or 4,
+            kserve=args.kserve)
+        print(dump(objects, args.output), end="")
+        return 0
     body = {"name": args.name or args.model.lower().replace("_", "-")[:40], "model": args.model,
             "version": args.version, "profile": args.profile, "engine": args.engine,
             "min_replicas": args.min, "max_replicas": args.max, "target_concurrency": args.target}
@@ -325,7 +343,9 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--timeout", type=int, help="seconds before the job is stopped")
     submit.add_argument("--wait", action="store_true", help="wait until the job ends")
     submit.add_argument("--logs", action="store_true", help="with --wait: stream the log")
+    submit.add_argument("--nodes", type=int, default=1, help="distributed: pods running the notebook")
     submit.set_defaults(func=cmd_jobs_submit)
+
     listing = jobs.add_parser("list", help="your jobs")
     listing.add_argument("--status")
     listing.add_argument("--owner")
@@ -363,7 +383,17 @@ def parser() -> argparse.ArgumentParser:
     deploy.add_argument("--max", type=int, help="maximum replicas")
     deploy.add_argument("--target", type=float, help="in-flight requests per replica to aim at")
     deploy.add_argument("--wait", action="store_true", help="wait until it is ready")
+    deploy.add_argument("--kserve", action="store_true",
+                        help="with --dry-run: a KServe InferenceService instead of Deployment+HPA")
     deploy.set_defaults(func=cmd_deploy)
+    for command in (submit, deploy):
+        command.add_argument("--dry-run", action="store_true",
+                             help="print the objects the backend would create; needs no platform")
+        command.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+        command.add_argument("--backend", choices=["kubernetes"], default="kubernetes",
+                             help="with --dry-run: the backend to render for")
+        command.add_argument("--catalog", help="with --dry-run: a catalogue file "
+                                                 "(default: hub_config/catalog.yaml)")
 
     deployments = sub.add_parser("deployments", help="inference services").add_subparsers(
         dest="action", required=True)
@@ -417,10 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         return args.func(args)
     from .client import APIError
+    from .errors import FermiError
 
     try:
         return args.func(args)
-    except APIError as error:
+    except (APIError, FermiError) as error:
         print(f"Error: {error.message}", file=sys.stderr)
         return 1
 

@@ -1,0 +1,366 @@
+"""Kubernetes objects built by pure functions from the neutral spec (no cluster, no client).
+
+Every function returns plain dicts, exactly what is applied; tests validate them against the
+official schemas of each supported Kubernetes version (kubernetes-validate, strict mode).
+Custom resources (Kueue, KServe) follow those projects' v1beta1 APIs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from ...catalog.model import Catalog
+from ...spec import RuntimeSpec
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "fermi"}
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+JOBS_MOUNT = "/fermi/jobs"
+MODELS_MOUNT = "/mnt/models"
+
+
+def label_value(text: str) -> str:
+    """A label value (≤ 63 chars of [A-Za-z0-9._-], alphanumeric at both ends)."""
+    value = re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:63].strip("-._")
+    return value or "x"
+
+
+def dns_name(text: str, limit: int = 63) -> str:
+    value = re.sub(r"[^a-z0-9-]+", "-", text.lower())[:limit].strip("-")
+    return value or "x"
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where job notebooks and outputs live: a PVC shared with the control plane, or an
+    S3-compatible bucket (papermill reads and writes s3:// paths itself)."""
+
+    kind: str = "pvc"  # pvc | s3
+    claim: str = "fermi-jobs"
+    s3_prefix: str = ""  # s3://bucket/prefix
+    s3_secret: str = ""  # a Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (+ endpoint)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    namespace: str = "fermi"
+    service_account: str = "fermi-workload"
+    tracking_uri: str = "http://fermi-tracking:5000"
+    storage: Storage = field(default_factory=Storage)
+    use_kueue: bool = True
+    serving_image: str = "quay.io/fermi/model-server:0.1"  # an image with Fermi installed
+    vllm_image: str = "vllm/vllm-openai:v0.11.0"
+
+
+def resources(runtime: RuntimeSpec) -> dict:
+    requests = {"cpu": _cpu(runtime.cpu), "memory": runtime.memory}
+    limits = {"cpu": _cpu(runtime.cpu), "memory": runtime.memory}
+    if runtime.gpu:  # never a zero GPU limit on CPU profiles
+        requests[runtime.gpu_resource] = str(runtime.gpu)
+        limits[runtime.gpu_resource] = str(runtime.gpu)
+    return {"requests": requests, "limits": limits}
+
+
+def _cpu(cpu: float) -> str:
+    return str(int(cpu)) if float(cpu).is_integer() else f"{int(cpu * 1000)}m"
+
+
+def pod_placement(runtime: RuntimeSpec) -> dict:
+    spec: dict = {}
+    if runtime.node_selector:
+        spec["nodeSelector"] = dict(runtime.node_selector)
+    if runtime.tolerations:
+        spec["tolerations"] = [t.model_dump(exclude_none=True) for t in runtime.tolerations]
+    if runtime.pull_secrets:
+        spec["imagePullSecrets"] = [{"name": s} for s in runtime.pull_secrets]
+    return spec
+
+
+def _env(values: dict[str, str]) -> list[dict]:
+    return [{"name": k, "value": str(v)} for k, v in sorted(values.items())]
+
+
+def _shm(runtime: RuntimeSpec) -> tuple[list[dict], list[dict]]:
+    """GPU workloads (PyTorch data loaders, NCCL, vLLM) need a /dev/shm larger than 64 MiB."""
+    if not runtime.gpu:
+        return [], []
+    return ([{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}],
+            [{"name": "dshm", "mountPath": "/dev/shm"}])
+
+
+# -- training jobs ----------------------------------------------------------------------------
+
+
+def job_name(job_id: str) -> str:
+    return f"fermi-job-{dns_name(job_id, 40)}"
+
+
+def job_labels(job_id: str, owner: str, runtime: RuntimeSpec) -> dict:
+    return {**MANAGED_BY, "app.kubernetes.io/component": "training-job",
+            "fermi.io/job-id": label_value(job_id), "fermi.io/user": label_value(owner),
+            "fermi.io/profile": label_value(runtime.profile)}
+
+
+def make_job(job_id: str, owner: str, runtime: RuntimeSpec, cluster: Cluster, *,
+             parameters: dict | None = None, env: dict[str, str] | None = None,
+             timeout_seconds: int | None = None, nodes: int = 1) -> list[dict]:
+    """The batch/v1 Job running papermill on the job's snapshot (and, for ``nodes`` > 1, the
+    headless Service its indexed pods rendezvous through, torchrun-style)."""
+    name = job_name(job_id)
+    labels = job_labels(job_id, owner, runtime)
+    if cluster.storage.kind == "s3":
+        folder = f"{cluster.storage.s3_prefix.rstrip('/')}/{job_id}"
+        volumes, mounts, workdir = [], [], "/tmp/work"
+    else:
+        folder = f"{JOBS_MOUNT}/{job_id}"
+        volumes = [{"name": "jobs", "persistentVolumeClaim": {"claimName": cluster.storage.claim}}]
+        mounts = [{"name": "jobs", "mountPath": JOBS_MOUNT}]
+        workdir = f"{folder}/work"
+    shm_volumes, shm_mounts = _shm(runtime)
+    variables = {
+        "MLFLOW_TRACKING_URI": cluster.tracking_uri,
+        "FERMI_JOB_ID": job_id,
+        "FERMI_JOB_USER": owner,
+        "IPYTHONDIR": f"{folder}/ipython" if cluster.storage.kind == "pvc" else "/tmp/ipython",
+        **runtime.env,
+        **(env or {}),
+    }
+    output = f"{folder}/output.ipynb"
+    # the parameters travel in the object itself (papermill -y): what is reviewed is what runs
+    command = ["papermill", f"{folder}/input.ipynb", output,
+               "-y", json.dumps(parameters or {}, sort_keys=True),
+               "-k", runtime.kernel, "--log-output", "--no-progress-bar", "--cwd", workdir]
+    if nodes > 1:  # every rank runs the notebook; rank 0's output is the job's output
+        variables.update({"WORLD_SIZE": str(nodes), "MASTER_ADDR": f"{name}-0.{name}",
+                          "MASTER_PORT": "29500"})
+        command = ["sh", "-c",
+                   "export RANK=$JOB_COMPLETION_INDEX; "
+                   "OUT=" + output + "; [ \"$RANK\" = 0 ] || OUT=" + folder + "/output-rank-$RANK.ipynb; "
+                   'exec papermill "$0" "$OUT" "$@"', *command[1:2], *command[3:]]
+    container = {
+        "name": "notebook",
+        "image": runtime.image_reference,
+        "command": command,
+        "env": _env(variables),
+        "resources": resources(runtime),
+        "volumeMounts": mounts + shm_mounts,
+    }
+    if cluster.storage.kind == "s3" and cluster.storage.s3_secret:
+        container["envFrom"] = [{"secretRef": {"name": cluster.storage.s3_secret}}]
+    pod_spec = {
+        "restartPolicy": "Never",
+        "serviceAccountName": cluster.service_account,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 100},
+        "containers": [container],
+        **pod_placement(runtime),
+    }
+    if volumes or shm_volumes:
+        pod_spec["volumes"] = volumes + shm_volumes
+    spec: dict = {
+        "backoffLimit": 0,  # retries are the platform's (per policy, with the reason recorded)
+        "ttlSecondsAfterFinished": 7 * 24 * 3600,
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if timeout_seconds:
+        spec["activeDeadlineSeconds"] = timeout_seconds
+    metadata = {"name": name, "namespace": cluster.namespace, "labels": dict(labels)}
+    if cluster.use_kueue:  # Kueue admits it (unsuspends) when its pool has quota
+        metadata["labels"][KUEUE_QUEUE_LABEL] = runtime.pool
+        spec["suspend"] = True
+    objects = []
+    if nodes > 1:
+        spec.update({"completionMode": "Indexed", "completions": nodes, "parallelism": nodes})
+        pod_spec["subdomain"] = name
+        objects.append({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": cluster.namespace, "labels": dict(labels)},
+            "spec": {"clusterIP": "None", "selector": {"fermi.io/job-id": label_value(job_id)},
+                     "ports": [{"name": "rendezvous", "port": 29500}]},
+        })
+    objects.insert(0, {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec})
+    return objects
+
+
+def make_kueue_objects(catalog: Catalog, namespace: str,
+                       cpu_quota: str = "64", memory_quota: str = "256Gi") -> list[dict]:
+    """ResourceFlavor, ClusterQueue and LocalQueue per pool of the catalogue (Kueue v1beta1):
+    the queue a job names is its profile's pool; GPU quotas are the pool's GPUs."""
+    objects = []
+    gpu_resources = sorted({p.gpu_resource for p in catalog.profiles if p.gpu})
+    for pool in catalog.pools:
+        flavor = f"fermi-{pool.slug}"
+        node_labels = {}
+        for profile in catalog.profiles:
+            if profile.pool == pool.slug and profile.node_selector:
+                node_labels = dict(profile.node_selector)
+                break
+        objects.append({
+            "apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "ResourceFlavor",
+            "metadata": {"name": flavor, "labels": dict(MANAGED_BY)},
+            "spec": {"nodeLabels": node_labels} if node_labels else {},
+        })
+        covered = ["cpu", "memory", *(gpu_resources if pool.gpus else [])]
+        quotas = [{"name": "cpu", "nominalQuota": cpu_quota},
+                  {"name": "memory", "nominalQuota": memory_quota}]
+        quotas += [{"name": r, "nominalQuota": pool.gpus} for r in covered[2:]]
+        objects.append({
+            "apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "ClusterQueue",
+            "metadata": {"name": flavor, "labels": dict(MANAGED_BY)},
+            "spec": {
+                "namespaceSelector": {},
+                "queueingStrategy": "BestEffortFIFO",
+                "resourceGroups": [{"coveredResources": covered,
+                                    "flavors": [{"name": flavor, "resources": quotas}]}],
+            },
+        })
+        objects.append({
+            "apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "LocalQueue",
+            "metadata": {"name": pool.slug, "namespace": namespace, "labels": dict(MANAGED_BY)},
+            "spec": {"clusterQueue": flavor},
+        })
+    return objects
+
+
+# -- inference services -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServingRevision:
+    deployment: str
+    owner: str
+    model: str
+    version: str
+    revision: str  # r1, r2, …
+    storage_uri: str  # where the model version's files are (s3://…, pvc://…)
+    engine: str = "auto"
+
+
+def _serving_labels(rev: ServingRevision) -> dict:
+    return {**MANAGED_BY, "app.kubernetes.io/component": "inference-service",
+            "fermi.io/deployment": label_value(rev.deployment),
+            "fermi.io/revision": label_value(rev.revision), "fermi.io/user": label_value(rev.owner)}
+
+
+def _server_container(rev: ServingRevision, runtime: RuntimeSpec, cluster: Cluster) -> dict:
+    if rev.engine == "vllm":
+        container = {
+            "name": "model-server", "image": cluster.vllm_image,
+            "args": ["--model", MODELS_MOUNT, "--served-model-name", rev.model, "--port", "8080"],
+            # a large model takes minutes to load: readiness waits, liveness does not kill it
+            "startupProbe": {"httpGet": {"path": "/health", "port": 8080},
+                             "periodSeconds": 10, "failureThreshold": 90},
+            "readinessProbe": {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 5},
+        }
+    else:
+        container = {
+            "name": "model-server", "image": cluster.serving_image,
+            "args": ["python", "-m", "fermi_extension.serving.server", "--model-dir", MODELS_MOUNT,
+                     "--model-name", rev.model, "--model-version", rev.version,
+                     "--host", "0.0.0.0", "--port", "8080"],
+            "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": 8080},
+                               "periodSeconds": 2},
+            "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": 8080},
+                              "periodSeconds": 10, "failureThreshold": 3},
+        }
+    container.update({
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "resources": resources(runtime),
+        "env": _env(runtime.env) if runtime.env else [],
+    })
+    if not container["env"]:
+        del container["env"]
+    return container
+
+
+def make_serving_objects(rev: ServingRevision, runtime: RuntimeSpec, cluster: Cluster, *,
+                         min_replicas: int, max_replicas: int, target_concurrency: float) -> list[dict]:
+    """Deployment + Service + HorizontalPodAutoscaler (autoscaling/v2, on in-flight requests per
+    pod from the Prometheus adapter) + PodDisruptionBudget for one revision, for clusters
+    without KServe. The router (or an Ingress) splits traffic between revisions' Services."""
+    name = dns_name(f"{rev.deployment}-{rev.revision}")
+    labels = _serving_labels(rev)
+    selector = {"fermi.io/deployment": labels["fermi.io/deployment"],
+                "fermi.io/revision": labels["fermi.io/revision"]}
+    shm_volumes, shm_mounts = _shm(runtime)
+    container = _server_container(rev, runtime, cluster)
+    container["volumeMounts"] = [{"name": "model", "mountPath": MODELS_MOUNT, "readOnly": True},
+                                 *shm_mounts]
+    init = {  # the storage initializer: copies the model version's files before the server starts
+        "name": "fetch-model", "image": cluster.serving_image,
+        "args": ["python", "-m", "fermi_extension.serving.fetch", rev.storage_uri, MODELS_MOUNT],
+        "env": _env({"MLFLOW_TRACKING_URI": cluster.tracking_uri}),
+        "volumeMounts": [{"name": "model", "mountPath": MODELS_MOUNT}],
+    }
+    pod = {
+        "serviceAccountName": cluster.service_account,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000},
+        "initContainers": [init],
+        "containers": [container],
+        "volumes": [{"name": "model", "emptyDir": {}}, *shm_volumes],
+        "terminationGracePeriodSeconds": 30,  # the server drains in-flight requests on SIGTERM
+        **pod_placement(runtime),
+    }
+    metadata = {"name": name, "namespace": cluster.namespace, "labels": labels}
+    return [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata,
+         "spec": {"replicas": min_replicas, "selector": {"matchLabels": selector},
+                  "strategy": {"type": "RollingUpdate",
+                               "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                  "template": {"metadata": {"labels": labels}, "spec": pod}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": metadata,
+         "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
+        {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": metadata,
+         "spec": {
+             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+             "minReplicas": min_replicas, "maxReplicas": max_replicas,
+             "metrics": [{"type": "Pods", "pods": {
+                 "metric": {"name": "fermi_replica_in_flight"},
+                 "target": {"type": "AverageValue", "averageValue": _quantity(target_concurrency)}}}],
+             "behavior": {"scaleUp": {"stabilizationWindowSeconds": 0},
+                          "scaleDown": {"stabilizationWindowSeconds": 30}},
+         }},
+        {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": metadata,
+         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}}},
+    ]
+
+
+def _quantity(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{int(value * 1000)}m"
+
+
+def make_inference_service(stable: ServingRevision, runtime: RuntimeSpec, cluster: Cluster, *,
+                           min_replicas: int, max_replicas: int, target_concurrency: float,
+                           canary: ServingRevision | None = None,
+                           canary_percent: int = 0) -> dict:
+    """A KServe InferenceService (v1beta1) in Standard (raw deployment) mode, V2 protocol.
+    KServe's canary: the spec names the new model and ``canaryTrafficPercent``; KServe keeps
+    the previous revision serving the rest."""
+    current = canary or stable
+    predictor: dict = {
+        "minReplicas": min_replicas,
+        "maxReplicas": max_replicas,
+        "scaleMetric": "concurrency",
+        "scaleTarget": max(1, round(target_concurrency)),
+        "serviceAccountName": cluster.service_account,
+        **pod_placement(runtime),
+    }
+    if current.engine == "vllm":
+        predictor["model"] = {
+            "modelFormat": {"name": "huggingface"}, "storageUri": current.storage_uri,
+            "args": [f"--served-model-name={current.model}"], "resources": resources(runtime),
+        }
+    else:
+        predictor["model"] = {
+            "modelFormat": {"name": "mlflow"}, "protocolVersion": "v2",
+            "storageUri": current.storage_uri, "resources": resources(runtime),
+        }
+    if canary is not None:
+        predictor["canaryTrafficPercent"] = canary_percent
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+        "metadata": {"name": dns_name(stable.deployment), "namespace": cluster.namespace,
+                     "labels": _serving_labels(current),
+                     "annotations": {"serving.kserve.io/deploymentMode": "RawDeployment"}},
+        "spec": {"predictor": predictor},
+    }
