@@ -171,6 +171,8 @@ def test_load_scales_up_and_quiet_scales_down_with_reasons(service):
     events = owner.api("GET", "deployments/wine").json()["events"]
     scaled = [e["message"] for e in events if e["kind"] == "scaled"]
     assert any("scale up" in m for m in scaled) and any("scale down" in m for m in scaled)
+    counts = [h["replicas"] for h in owner.api("GET", "deployments/wine").json()["replica_history"]]
+    assert counts[0] == 1 and max(counts) >= 2 and counts[-1] == 1
 
 
 def test_canary_split_rollback_and_promote(service):

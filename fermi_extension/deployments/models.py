@@ -106,6 +106,11 @@ class EventOut(BaseModel):
     replicas: int | None = None
 
 
+class ReplicaCount(BaseModel):
+    at: dt.datetime
+    replicas: int
+
+
 class TrafficOut(BaseModel):
     requests: int = 0
     errors: int = 0
@@ -132,6 +137,8 @@ class DescribeDeployment(BaseModel):
     revisions: list[RevisionOut]
     traffic: TrafficOut
     events: list[EventOut] | None = None
+    replica_history: list[ReplicaCount] | None = Field(
+        None, description="replica count over time: each scaling decision")
     created_at: dt.datetime
     api_key: str | None = Field(None, description="shown once, at creation or key rotation")
 

@@ -31,6 +31,7 @@ from .models import (
     CreateDeployment,
     DescribeDeployment,
     EventOut,
+    ReplicaCount,
     ReplicaOut,
     RevisionOut,
     TrafficOut,
@@ -91,11 +92,13 @@ class DeploymentService:
             revision_out.append(RevisionOut(name=name, version=revision.version,
                                             traffic_percent=split.get(name, 0), role=role,
                                             ready_replicas=ready.get(name, 0)))
-        out_events = None
+        out_events = history = None
         if events:
             out_events = [EventOut(at=e.at, kind=e.kind, message=e.message, replicas=e.replicas)
                           for e in session.scalars(select(DeploymentEvent).where(
                               DeploymentEvent.deployment == d.name).order_by(DeploymentEvent.id))]
+            history = [ReplicaCount(at=e.at, replicas=e.replicas)
+                       for e in out_events if e.replicas is not None]
         return DescribeDeployment(
             name=d.name, owner=d.owner, model=d.model,
             version=revisions[d.stable_revision].version, engine=d.engine, profile=d.profile,
@@ -113,7 +116,7 @@ class DeploymentService:
             traffic=TrafficOut(requests=traffic.get("requests", 0), errors=traffic.get("errors", 0),
                                in_flight=traffic.get("in_flight", 0),
                                latency_ms=traffic.get("latency_ms", {})),
-            events=out_events, created_at=d.created_at, api_key=api_key,
+            events=out_events, replica_history=history, created_at=d.created_at, api_key=api_key,
         )
 
     # -- reads ------------------------------------------------------------------------------
