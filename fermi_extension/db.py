@@ -256,3 +256,35 @@ class CatalogRevision(Base):
     __table_args__ = (
         Index("ux_catalog_revisions_item", "kind", "slug", "revision", unique=True),
     )
+
+
+class GpuAssignment(Base):
+    """A GPU of this machine, by device index, handed to one holder: a dev server
+    (``server:USER/NAME``) or a job attempt (``job:ID``). The device is the primary key, so the
+    database itself refuses to give one GPU to two holders, whichever process (hub or control
+    plane) asks. ``pid`` + ``pid_started`` name the holder's process: the assignment of a process
+    that died while nobody watched is reclaimed (``backends.local.gpus.GpuAllocator``)."""
+
+    __tablename__ = "gpu_assignments"
+
+    device: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    holder: Mapped[str] = mapped_column(String(255), index=True)
+    pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    pid_started: Mapped[float | None] = mapped_column(Float, default=None)
+    assigned_at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
+
+
+class ImageBuild(Base):
+    """A custom image built from a Dockerfile (by a real builder; never pretended)."""
+
+    __tablename__ = "image_builds"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    slug: Mapped[str] = mapped_column(String(63))
+    requested_by: Mapped[str] = mapped_column(String(255))
+    reference: Mapped[str] = mapped_column(String(255))  # where the result is pushed / tagged
+    builder: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, default=None)

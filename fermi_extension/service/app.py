@@ -19,6 +19,7 @@ from traitlets import Unicode, default, Type
 from traitlets.config import Application
 
 from .. import __version__
+from ..catalog.builds import BuildService
 from ..catalog.store import CatalogStore, load_catalog_file
 from ..db import make_session_factory
 from ..jobs.backend import JobBackend
@@ -30,13 +31,13 @@ from ..tracking.client import Tracker
 from ..deployments.backend import ServingBackend
 from ..deployments.service import DeploymentController, DeploymentService
 from ..registry.service import ModelRepository
-from . import api_catalog, api_deployments, api_jobs, api_models
+from . import api_builds, api_catalog, api_deployments, api_jobs, api_models
 from . import admin_pages
 from .metrics import MetricsHandler
 from .pages import HomeHandler
 from .openapi import HealthHandler, OpenAPIHandler, build_openapi, tornado_pattern
 
-ROUTES = [*api_catalog.routes, *api_jobs.routes, *api_models.routes, *api_deployments.routes]
+ROUTES = [*api_builds.routes, *api_catalog.routes, *api_jobs.routes, *api_models.routes, *api_deployments.routes]
 
 
 class FermiService(Application):
@@ -178,6 +179,7 @@ class FermiService(Application):
             jobs=self.jobs,
             runner=self.runner,
             registry=self.registry,
+            builds=BuildService(self.session_factory, Path(self.data_dir) / "builds"),
             deployments=self.deployments,
             catalog=self.catalog,
             job_backend=self.job_backend,

@@ -15,6 +15,7 @@ from fermi_extension.backends.kubernetes.objects import (  # noqa: E402
     Storage,
     make_inference_service,
     make_job,
+    make_kaniko_build,
     make_kueue_objects,
     make_serving_objects,
 )
@@ -139,3 +140,13 @@ def test_dry_runs_print_every_object_without_a_platform(tmp_path):
     tiny = run_cli("jobs", "submit", template, "--profile", "cpu-tiny", "--dry-run",
                    "--catalog", str(custom))
     assert tiny.returncode == 0, tiny.stderr
+
+
+def test_kaniko_build_objects_are_valid():
+    objects = make_kaniko_build("b1", "FROM python:3.11\nRUN pip install torch\n",
+                                "registry.example.org/team/torch:1", Cluster())
+    validate_all(objects)
+    config_map, job = objects
+    assert config_map["data"]["Dockerfile"].startswith("FROM python")
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--destination=registry.example.org/team/torch:1" in args

@@ -364,3 +364,39 @@ def make_inference_service(stable: ServingRevision, runtime: RuntimeSpec, cluste
                      "annotations": {"serving.kserve.io/deploymentMode": "RawDeployment"}},
         "spec": {"predictor": predictor},
     }
+
+
+# -- image builds -----------------------------------------------------------------------------
+
+
+def make_kaniko_build(build_id: str, dockerfile: str, destination: str, cluster: Cluster, *,
+                      push_secret: str = "fermi-registry-push",
+                      executor: str = "gcr.io/kaniko-project/executor:v1.23.2") -> list[dict]:
+    """A ConfigMap holding the Dockerfile and a Job building it with Kaniko and pushing to
+    ``destination`` with the registry credentials of ``push_secret`` (a dockerconfigjson)."""
+    name = f"fermi-build-{dns_name(build_id, 40)}"
+    labels = {**MANAGED_BY, "app.kubernetes.io/component": "image-build",
+              "fermi.io/build-id": label_value(build_id)}
+    metadata = {"name": name, "namespace": cluster.namespace, "labels": labels}
+    return [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata,
+         "data": {"Dockerfile": dockerfile}},
+        {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": {
+            "backoffLimit": 0, "ttlSecondsAfterFinished": 7 * 24 * 3600,
+            "template": {"metadata": {"labels": labels}, "spec": {
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "kaniko", "image": executor,
+                    "args": ["--dockerfile=/workspace/Dockerfile", "--context=dir:///workspace",
+                             f"--destination={destination}"],
+                    "volumeMounts": [{"name": "context", "mountPath": "/workspace"},
+                                     {"name": "push", "mountPath": "/kaniko/.docker"}],
+                }],
+                "volumes": [
+                    {"name": "context", "configMap": {"name": name}},
+                    {"name": "push", "secret": {"secretName": push_secret, "items": [
+                        {"key": ".dockerconfigjson", "path": "config.json"}]}},
+                ],
+            }},
+        }},
+    ]
