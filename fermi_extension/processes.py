@@ -96,3 +96,13 @@ def wait_for(predicate, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+def skip_optional_imports() -> None:
+    """Leave out jsonschema's optional IRI format checker (``rfc3987_syntax``), which compiles a
+    grammar at import: ~1 s and ~16 MB in every Jupyter process that imports jupyter-events or
+    nbformat's validator (FACTS.md). jsonschema then skips the IRI formats, which no schema
+    Fermi's processes validate against relies on."""
+    import sys
+
+    sys.modules.setdefault("rfc3987_syntax", None)

@@ -33,7 +33,7 @@ def command_line(process: psutil.Process | None) -> str:
         return ""
 
 
-MARKERS = (("hub", "-m jupyterhub -f"), ("proxy", "configurable-http-proxy"),
+MARKERS = (("hub", "-m fermi_extension.hub -f"), ("proxy", "configurable-http-proxy"),
            ("control plane", "fermi_extension.service.app"),
            ("tracking", "fermi_extension.tracking.server"),
            ("launcher", "fermi_extension.backends.local.launcher"))

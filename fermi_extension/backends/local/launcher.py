@@ -25,6 +25,9 @@ def _reap(_signum, _frame) -> None:
 
 
 def main() -> None:
+    from ...processes import skip_optional_imports
+
+    skip_optional_imports()
     from . import job_process  # the expensive imports, paid once
 
     signal.signal(signal.SIGCHLD, _reap)
