@@ -118,3 +118,21 @@ def test_hub_login_cookie_reaches_the_control_plane(platform):
         forged = browser.post("/services/fermi/api/jobs", json={"notebook": {}})
         # without the XSRF token the cookie does not count: a cross-site form cannot submit jobs
         assert forged.status_code in (401, 403)
+
+
+def test_usage_and_audit_are_recorded_and_scoped(admin, alice, bob, tiny_notebook):
+    job = alice.wait(alice.submit(tiny_notebook())["id"])
+    assert job["status"] == "succeeded"
+    mine = alice.api("GET", "usage").json()
+    jobs = [r for r in mine["rows"] if r["kind"] == "job"]
+    assert jobs and all(r["user"] == alice.name for r in mine["rows"])
+    assert jobs[0]["cost"] == pytest.approx(jobs[0]["seconds"] / 3600 * 0.05, rel=1e-6)
+    assert bob.api("GET", "usage").json()["rows"] == []
+    assert alice.name in {r["user"] for r in admin.api("GET", "usage").json()["rows"]}
+    csv_text = admin.api("GET", "usage", params={"format": "csv"}).text
+    assert csv_text.startswith("user,kind,month") and alice.name in csv_text
+    trail = alice.api("GET", "audit").json()["events"]
+    assert any(e["action"] == "submit" and e["target_id"] == job["id"] for e in trail)
+    assert all(e["actor"] == alice.name for e in trail)
+    assert admin.api("GET", "audit", params={"actor": alice.name}).json()["events"]
+    assert alice.api("GET", "usage", params={"month": "last"}).status_code == 400

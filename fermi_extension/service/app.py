@@ -31,13 +31,16 @@ from ..tracking.client import Tracker
 from ..deployments.backend import ServingBackend
 from ..deployments.service import DeploymentController, DeploymentService
 from ..registry.service import ModelRepository
-from . import api_builds, api_catalog, api_deployments, api_jobs, api_models
+from ..usage.service import UsageService
+from . import api_builds, api_catalog, api_deployments, api_jobs, api_models, api_usage
 from . import admin_pages
 from .metrics import MetricsHandler
 from .pages import HomeHandler
+from .images_page import ImagesPage
 from .openapi import HealthHandler, OpenAPIHandler, build_openapi, tornado_pattern
 
-ROUTES = [*api_builds.routes, *api_catalog.routes, *api_jobs.routes, *api_models.routes, *api_deployments.routes]
+ROUTES = [*api_builds.routes, *api_catalog.routes, *api_jobs.routes, *api_models.routes, *api_deployments.routes,
+          *api_usage.routes]
 
 
 class FermiService(Application):
@@ -170,6 +173,7 @@ class FermiService(Application):
             (prefix + "/oauth_callback", HubOAuthCallbackHandler),
             (prefix + "/metrics", MetricsHandler),
             *admin_pages.page_routes(prefix),
+            (prefix + "/images/?", ImagesPage),
             (prefix + "/?", HomeHandler),
         ]
         return web.Application(
@@ -181,6 +185,7 @@ class FermiService(Application):
             registry=self.registry,
             builds=BuildService(self.session_factory, Path(self.data_dir) / "builds"),
             deployments=self.deployments,
+            usage=UsageService(self.session_factory),
             catalog=self.catalog,
             job_backend=self.job_backend,
             openapi=self.openapi,
