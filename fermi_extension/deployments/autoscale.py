@@ -18,7 +18,9 @@ class Autoscaler:
     low: int
     high: int
     delay: float
-    window: float = 2.0  # seconds of in-flight samples averaged for a recommendation
+    # seconds of in-flight samples averaged for a recommendation: the router's in-flight count is
+    # an instant reading, noisy under steady load; 6 s smooths it and still scales up in ~2 s
+    window: float = 6.0
     samples: deque = field(default_factory=deque)
     recommendations: deque = field(default_factory=deque)
 

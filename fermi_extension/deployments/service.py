@@ -422,8 +422,8 @@ class DeploymentController:
             if len(live) < count:
                 await self._scale_up(session, d, revision_name, count - len(live), now)
             elif len(live) > count:
-                # drain the newest not-ready ones first, then the newest ready ones
-                live.sort(key=lambda r: (r.state == "ready", r.started_at))
+                # drain the not-ready ones first, then the newest ready ones
+                live.sort(key=lambda r: (r.state == "ready", -r.started_at.timestamp()))
                 self._drain(session, d, live[: len(live) - count])
         retired = [r for r in replicas if r.revision not in wanted and r.state != "draining"]
         if retired:
@@ -450,8 +450,8 @@ class DeploymentController:
     async def _scale_up(self, session: Session, d: Deployment, revision_name: str, count: int,
                         now: float) -> None:
         failures = self.failures.get((d.name, revision_name), [])
-        if failures:
-            backoff = self.crash_backoff[min(len(failures), len(self.crash_backoff)) - 1]
+        if len(failures) > 1:  # the first crash is replaced at once; a crash loop backs off
+            backoff = self.crash_backoff[min(len(failures) - 1, len(self.crash_backoff)) - 1]
             if now - failures[-1] < backoff:
                 return
         revision = session.get(Revision, (d.name, revision_name))
