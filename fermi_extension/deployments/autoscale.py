@@ -21,6 +21,8 @@ class Autoscaler:
     # seconds of in-flight samples averaged for a recommendation: the router's in-flight count is
     # an instant reading, noisy under steady load; 6 s smooths it and still scales up in ~2 s
     window: float = 6.0
+    # like the HPA: no change while the load per replica is within 10% of the target
+    tolerance: float = 0.1
     samples: deque = field(default_factory=deque)
     recommendations: deque = field(default_factory=deque)
 
@@ -29,15 +31,18 @@ class Autoscaler:
         while self.samples and now - self.samples[0][0] > self.window:
             self.samples.popleft()
 
-    def recommend(self) -> int:
+    def recommend(self, current: int | None = None) -> int:
         if not self.samples:
             return self.low
         average = sum(v for _, v in self.samples) / len(self.samples)
-        return min(max(math.ceil(average / self.target - 1e-9), self.low), self.high)
+        needed = average / self.target
+        if current and abs(needed / current - 1) <= self.tolerance:
+            needed = current
+        return min(max(math.ceil(needed - 1e-9), self.low), self.high)
 
     def decide(self, now: float, current: int) -> tuple[int, str | None]:
         """Desired replicas and, when it changes, the reason in words."""
-        wanted = self.recommend()
+        wanted = self.recommend(current)
         self.recommendations.append((now, wanted))
         while self.recommendations and now - self.recommendations[0][0] > self.delay:
             self.recommendations.popleft()

@@ -70,7 +70,7 @@ def test_noisy_steady_load_does_not_make_replicas_come_and_go():
 
     rng = random.Random(7)
     scaler = Autoscaler(target=2, low=1, high=4, delay=10)
-    timeline = [(t, rng.uniform(1.5, 10.5)) for t in range(0, 60)]
+    timeline = [(t, rng.uniform(2.5, 8.5)) for t in range(0, 120)]
     current, decisions = run(scaler, 1, timeline)
     downs = [d for d in decisions if "scale down" in d[3]]
     assert downs == [], decisions
