@@ -28,3 +28,7 @@ bench: install-test
 	$(VENV)/bin/python benchmarks/p1_turnaround.py
 	$(VENV)/bin/python benchmarks/p2_load.py
 	$(VENV)/bin/python benchmarks/m1_memory.py
+	$(VENV)/bin/python benchmarks/p3_throughput.py
+	$(VENV)/bin/python benchmarks/p4_autoscale.py
+	$(VENV)/bin/python benchmarks/r2_replica_kill.py
+	$(VENV)/bin/python benchmarks/m2_memory.py

@@ -65,6 +65,16 @@ def machine() -> dict:
     }
 
 
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (what `timeout` sends) raise SystemExit in the main thread, so that the
+    scripts' ``finally`` blocks still stop every process they started."""
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -258,6 +268,8 @@ def classify(proc: psutil.Process) -> str:
         return "router"
     if "fermi_extension.serving.server" in cmd:
         return "model server"
+    if "fermi_spawner.culler" in cmd:
+        return "idle culler"
     if "fermi_extension.service.app" in cmd:
         return "control plane"
     if "fermi_extension.backends.local.launcher" in cmd:
@@ -266,7 +278,7 @@ def classify(proc: psutil.Process) -> str:
         return "tracking server"
     if "configurable-http-proxy" in cmd:
         return "proxy"
-    if "jupyterhub" in cmd and "singleuser" not in cmd:
+    if ("fermi_extension.hub" in cmd or "jupyterhub" in cmd) and "singleuser" not in cmd:
         return "hub"
     if "ipykernel" in cmd:
         return "kernel"
@@ -552,8 +564,9 @@ class Load:
 
     def stop(self, timeout: float = 40) -> None:
         self.stop_event.set()
+        deadline = time.monotonic() + timeout
         for thread in self.threads:
-            thread.join(timeout)
+            thread.join(max(0.1, deadline - time.monotonic()))
 
     def outcomes(self, start: float | None = None, end: float | None = None) -> dict:
         """Counts in [start, end) by monotonic completion time: total, ok (200), failed, by

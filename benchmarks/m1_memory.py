@@ -2,7 +2,7 @@
 
 1. Starts a platform, lets it settle, and reads RSS and PSS (psutil memory_full_info) of every
    descendant of the `fermi up` process (hub, proxy, control plane, job launcher, tracking
-   server). Measured twice: freshly started ("cold idle"), and idle again after one job has run
+   server, and the inference router, which the control plane starts even with no deployment). Measured twice: freshly started ("cold idle"), and idle again after one job has run
    ("warm idle": the control plane has imported nbformat, MLflow has opened its store).
 2. The control plane's RSS just before and after inserting 10,000 ended jobs (same seeding as
    P2(b), done live: SQLite in WAL mode lets this process write while the platform reads) and
@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 
 from common import (API, ENDED, Platform, classify, log, machine, make_notebook, process_by_role,
-                    seed_ended_jobs, short_cmd, timed_gets, write_json)
+                    seed_ended_jobs, short_cmd, stop_on_sigterm, timed_gets, write_json)
 
 MB = 1024 * 1024
 IDLE_GOAL_MB = 600
@@ -90,6 +90,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
+    stop_on_sigterm()
 
     info = machine()
     log(f"machine: {info}")
