@@ -61,8 +61,14 @@ c.Spawner.server_token_scopes = [
     "read:users:groups!user",
 ]
 c.FermiLocalSpawner.fermi_api_url = f"http://127.0.0.1:{ports['service']}/services/fermi/api"
+# the spawn form, its checks, GPU assignments and usage records use the platform's database
+platform_db_url = os.environ.get("FERMI_DB_URL") or f"sqlite:///{data / 'fermi.sqlite'}"
+c.FermiLocalSpawner.platform_db_url = platform_db_url
+# several dev environments per user (/user/NAME/SERVER), each with its own profile and image
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.named_server_limit_per_user = 5
 
-# -- the platform's services: the control plane and the tracking server --------------------------
+# -- the platform's services: the control plane, the idle culler and the tracking server --------
 keep = {k: os.environ[k] for k in ("HOME", "PATH", "LANG", "LC_ALL", "FERMI_ADMIN_TOKEN",
                                     "FERMI_SERVICE_CONFIG", "FERMI_CATALOG", "FERMI_BACKEND")
         if k in os.environ}
@@ -85,6 +91,15 @@ c.JupyterHub.services = [
         "oauth_no_confirm": True,
     },
     {
+        # stops idle dev servers after their profile's idle_cull_minutes (fermi_spawner.culler);
+        # --timeout applies only where the catalogue cannot be read; FERMI_CULL_EVERY: seconds
+        # between two looks (default 60)
+        "name": "idle-culler",
+        "command": [sys.executable, "-m", "fermi_spawner.culler", "--timeout=3600",
+                    f"--cull-every={int(os.environ.get('FERMI_CULL_EVERY', '60'))}"],
+        "environment": {**keep, "FERMI_DATA_DIR": str(data), "FERMI_DB_URL": platform_db_url},
+    },
+    {
         # no public route: users reach runs and models through the control plane
         "name": "tracking",
         "command": [sys.executable, "-m", "fermi_extension.tracking.server",
@@ -99,6 +114,14 @@ c.JupyterHub.load_roles = [
         "description": "What the control plane needs to know about users: names and groups",
         "scopes": ["list:users", "read:users:name", "read:users:groups", "read:groups"],
         "services": ["fermi"],
+    },
+    {
+        # the scopes jupyterhub-idle-culler documents: list users, read their servers' activity,
+        # stop servers; nothing else (it reads each server's profile from its user_options)
+        "name": "idle-culler",
+        "description": "Stop dev servers idle longer than their profile allows",
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        "services": ["idle-culler"],
     },
 ]
 

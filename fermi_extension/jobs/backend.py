@@ -39,7 +39,12 @@ class Outcome:
 
 class JobBackend(LoggingConfigurable):
     """A place jobs run (configurable: its traits are the backend's settings).
-    Implementations never touch the database or the API."""
+    Implementations never touch the API; the local one keeps its GPU assignments in the
+    platform database (shared with the hub's spawner)."""
+
+    async def reserve(self, job_id: str, runtime: RuntimeSpec) -> None:
+        """Claim what the attempt holds on the machine (GPUs) before it starts; raise
+        ``errors.Unavailable`` with the reason while none is free (the job stays queued)."""
 
     async def launch(self, launch: JobLaunch) -> Handle:
         """Start the attempt and return as soon as it runs."""

@@ -22,7 +22,7 @@ from ..catalog.store import CatalogStore
 from ..caller import Caller, audit
 from ..db import Job, JobEvent, UsageRecord, utcnow
 from ..registry.service import claim_models
-from ..errors import Conflict, InvalidInput, NotFound, Unprocessable
+from ..errors import Conflict, InvalidInput, NotFound, Unavailable, Unprocessable
 from ..spec import RuntimeSpec, runtime_spec
 from ..tracking.client import Tracker, TrackingError
 from .backend import Handle, JobBackend, JobLaunch, Outcome
@@ -388,6 +388,18 @@ class JobRunner:
             owner, name, runtime = job.owner, job.name, RuntimeSpec.model_validate(job.runtime)
             parameters, attempt = dict(job.parameters or {}), job.attempt
         files = self.files(job_id)
+        # what the attempt holds on the machine (local GPUs) is claimed before its tracking run is
+        # made; while none is free the job stays queued and says why
+        try:
+            await self.backend.reserve(job_id, runtime)
+        except Unavailable as error:
+            with self.session_factory() as session:
+                job = session.get(Job, job_id)
+                if job.status == "running":
+                    job.status, job.started_at, job.attempt = "queued", None, job.attempt - 1
+                    job.reason = error.message
+                    session.commit()
+            return False
         try:
             experiment = await self.tracker.experiment_id(f"fermi/{owner}")
             run = await self.tracker.create_run(

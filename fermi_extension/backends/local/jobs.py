@@ -11,10 +11,12 @@ import sys
 from traitlets import Int, List, Unicode
 
 from ...catalog.model import Pool, Profile
+from ...db import make_session_factory
 from ...jobs.backend import Handle, JobBackend, JobLaunch, Outcome
 from ...jobs.files import JobFiles, read_json
 from ...processes import identity, is_alive, kill_tree
-from .gpus import detect_gpus
+from ...spec import RuntimeSpec
+from .gpus import GpuAllocator, gpu_availability, gpu_inventory, job_holder, visible_devices
 
 # what a job must never inherit from the control plane: its hub token and the admin token
 PRIVATE_ENV_PREFIXES = ("JUPYTERHUB_", "FERMI_ADMIN", "CONFIGPROXY_", "FERMI_SERVICE")
@@ -44,27 +46,35 @@ class LocalJobBackend(JobBackend):
         super().__init__(**kwargs)
         self._launcher: asyncio.subprocess.Process | None = None
         self._launch_lock = asyncio.Lock()
+        self._gpus: GpuAllocator | None = None
+
+    @property
+    def gpu_devices(self) -> list[int]:
+        if not hasattr(self, "_inventory"):
+            self._inventory = [gpu.index for gpu in gpu_inventory(self.gpu_inventory)]
+        return self._inventory
 
     @property
     def gpu_count(self) -> int:
-        if self.gpu_inventory is not None:
-            return len(self.gpu_inventory)
-        if not hasattr(self, "_detected"):
-            self._detected = detect_gpus()
-        return len(self._detected)
+        return len(self.gpu_devices)
+
+    @property
+    def gpus(self) -> GpuAllocator:
+        """The machine's one GPU allocator, shared with the hub's spawner through the platform
+        database (the control plane's; an in-memory one when run alone, as in unit tests)."""
+        if self._gpus is None:
+            factory = getattr(self.parent, "session_factory", None)
+            self._gpus = GpuAllocator(factory or make_session_factory("sqlite://"))
+        return self._gpus
 
     def availability(self, profile: Profile, pool: Pool) -> tuple[bool, str | None]:
-        if profile.gpu == 0:
-            return True, None
-        have = self.gpu_count
-        if have == 0:
-            return False, (
-                f"This machine has no GPU, and profile {profile.slug!r} needs {profile.gpu}: "
-                "use a CPU profile here, or run Fermi on a GPU machine or on Kubernetes."
-            )
-        if profile.gpu > have:
-            return False, f"Profile {profile.slug!r} needs {profile.gpu} GPUs; this machine has {have}."
-        return True, None
+        return gpu_availability(profile, self.gpu_count)
+
+    async def reserve(self, job_id: str, runtime: RuntimeSpec) -> None:
+        """Claim the attempt's GPUs before anything else is made for it; raises
+        ``gpus.NoGpuFree`` (an ``errors.Unavailable``) while none is free: the job waits."""
+        if runtime.gpu:
+            self.gpus.allocate(job_holder(job_id), runtime.gpu, self.gpu_devices)
 
     async def start(self) -> None:
         """Start (or restart) the warm launcher and wait until papermill is imported."""
@@ -83,13 +93,26 @@ class LocalJobBackend(JobBackend):
     async def launch(self, launch: JobLaunch) -> Handle:
         files = launch.files
         files.reset_attempt()
+        holder = job_holder(launch.job_id)
+        devices = self.gpus.allocate(holder, launch.runtime.gpu, self.gpu_devices)
         request = {
             "job_id": launch.job_id,
             "job_dir": str(files.root),
             "kernel": launch.runtime.kernel,
             "parameters": launch.parameters,
-            "env": {**job_base_env(), **launch.runtime.env, **launch.env},
+            "env": {**job_base_env(), **launch.runtime.env, **launch.env,
+                    "CUDA_VISIBLE_DEVICES": visible_devices(devices)},
         }
+        try:
+            handle = await self._fork(request)
+        except Exception:
+            self.gpus.release(holder)
+            raise
+        if devices:
+            self.gpus.attach(holder, handle.pid, handle.started)
+        return handle
+
+    async def _fork(self, request: dict) -> Handle:
         async with self._launch_lock:
             for attempt in range(2):
                 await self.start()
@@ -126,10 +149,12 @@ class LocalJobBackend(JobBackend):
                 await asyncio.wait_for(asyncio.shield(ended), timeout)
             except asyncio.TimeoutError:
                 await self.kill(handle)
+                self.gpus.release_process(handle.pid)
                 return Outcome("failed", f"Timed out after {timeout:.0f} s and was stopped.")
             finally:
                 loop.remove_reader(fd)
                 os.close(fd)
+        self.gpus.release_process(handle.pid)  # the attempt has ended: its GPUs are free
         return self.outcome(files)
 
     def outcome(self, files: JobFiles) -> Outcome:
