@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from fermi_extension.jobs.files import JobFiles, read_json
+from fermi_extension.jobs.files import JobFiles
 
 pytestmark = pytest.mark.hub
 

@@ -232,7 +232,6 @@ class DeploymentService:
             audit(session, caller, "update", "deployment", name, before=before,
                   after=request.model_dump(mode="json", exclude_none=True))
             session.commit()
-            described = self.describe(session, d, events=True, api_key=api_key)
         await self.apply()
         with self.session_factory() as session:
             return self.describe(session, session.get(Deployment, name), events=True,

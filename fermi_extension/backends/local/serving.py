@@ -7,7 +7,6 @@ Replicas and the router run in sessions of their own, so a control plane that di
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import subprocess
