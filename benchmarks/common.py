@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import os
 import platform as _platform
 import random
@@ -381,6 +382,17 @@ def timed_gets(client: httpx.Client, path: str, n: int, warmup: int = 10) -> lis
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str))
+
+
+def wrap_up(args, result: dict, tmp: Path) -> None:
+    """The end of every benchmark run: its JSON result (``--json``) and its temporary data dir
+    removed, unless ``--keep`` asked to keep it for inspection."""
+    if args.json:
+        write_json(args.json, result)
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        log(f"kept {tmp}")
 
 
 # -- inference services ---------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -25,8 +24,8 @@ from pathlib import Path
 
 import psutil
 
-from common import (API, ENDED, Platform, classify, log, machine, make_notebook, process_by_role,
-                    seed_ended_jobs, short_cmd, stop_on_sigterm, timed_gets, write_json)
+from common import (wrap_up, API, ENDED, Platform, classify, log, machine, make_notebook, process_by_role,
+                    seed_ended_jobs, short_cmd, stop_on_sigterm, timed_gets)
 
 MB = 1024 * 1024
 IDLE_GOAL_MB = 600
@@ -178,12 +177,7 @@ def main() -> int:
     finally:
         platform.stop()
         result["leftover_processes"] = getattr(platform, "leftovers", [])
-        if args.json:
-            write_json(args.json, result)
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            log(f"kept {tmp}")
+        wrap_up(args, result, tmp)
     ok = result.get("control_plane", {}).get("pass") and all(result.get("idle_pass", {"x": False}).values())
     return 0 if ok else 1
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -28,9 +27,9 @@ from pathlib import Path
 
 import httpx
 
-from common import (Load, Platform, deploy, log, machine, process_by_role, register_wine_models,
+from common import (wrap_up, Load, Platform, deploy, log, machine, process_by_role, register_wine_models,
                     replica_rows, router_state, router_stats, rss_mb, stop_on_sigterm, v2_body,
-                    wait_deployment, wine_rows, write_json)
+                    wait_deployment, wine_rows)
 
 MODEL = "wine-bench"
 NAME = "mem"
@@ -150,12 +149,7 @@ def main() -> int:
             load.stop()
         platform.stop()
         result["leftover_processes"] = getattr(platform, "leftovers", [])
-        if args.json:
-            write_json(args.json, result)
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            log(f"kept {tmp}")
+        wrap_up(args, result, tmp)
     return 0 if ok else 1
 
 

@@ -12,14 +12,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import API, ENDED, Platform, log, machine, make_notebook, median, write_json
+from common import wrap_up, API, ENDED, Platform, log, machine, make_notebook, median
 
 POLL = 0.020
 GOAL = 0.5
@@ -162,12 +161,7 @@ def main() -> int:
     finally:
         platform.stop()
         result["leftover_processes"] = getattr(platform, "leftovers", [])
-        if args.json:
-            write_json(args.json, result)
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            log(f"kept {tmp}")
+        wrap_up(args, result, tmp)
     return 0 if result.get("pass") else 1
 
 

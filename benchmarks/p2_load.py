@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -30,8 +29,8 @@ from pathlib import Path
 
 import httpx
 
-from common import (API, ENDED, Platform, log, machine, make_notebook, median, percentile,
-                    seed_ended_jobs, write_json)
+from common import (wrap_up, API, Platform, log, machine, make_notebook, percentile,
+                    seed_ended_jobs)
 
 USERS = 20
 PER_USER = 10
@@ -286,12 +285,7 @@ def main() -> int:
         platform.stop()
         if platform.leftovers:
             result.setdefault("leftover_processes", []).extend(platform.leftovers)
-        if args.json:
-            write_json(args.json, result)
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            log(f"kept {tmp}")
+        wrap_up(args, result, tmp)
     ok = (result.get("a_cold", {}).get("pass") and result.get("a_warm", {}).get("pass")
           and result.get("b", {}).get("pass"))
     return 0 if ok else 1

@@ -46,9 +46,9 @@ from pathlib import Path
 import httpx
 import psutil
 
-from common import (Platform, deploy, free_port, kill_if_alive, log, machine, median,
+from common import (wrap_up, Platform, deploy, free_port, kill_if_alive, log, machine, median,
                     register_wine_models, replica_rows, require_wrk, router_state, router_stats,
-                    run_wrk, stop_on_sigterm, v2_body, wait_deployment, wine_rows, write_json,
+                    run_wrk, stop_on_sigterm, v2_body, wait_deployment, wine_rows,
                     wrk_script)
 
 MODEL = "wine-bench"
@@ -358,12 +358,7 @@ def main() -> int:
             log(f"MLServer stopped{' (had to be killed)' if hard else ''}")
         platform.stop()
         result["leftover_processes"] = getattr(platform, "leftovers", [])
-        if args.json:
-            write_json(args.json, result)
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            log(f"kept {tmp}")
+        wrap_up(args, result, tmp)
     return 0 if ok else 1
 
 

@@ -28,15 +28,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from common import (Load, Platform, deploy, get_deployment, log, machine, register_wine_models,
-                    router_stats, stop_on_sigterm, v2_body, wait_deployment, wine_rows, write_json)
+from common import (wrap_up, Load, Platform, deploy, get_deployment, log, machine, register_wine_models,
+                    router_stats, stop_on_sigterm, v2_body, wait_deployment, wine_rows)
 
 MODEL = "wine-bench"
 NAME = "auto"
@@ -307,12 +306,7 @@ def main() -> int:
             poller.stop()
         platform.stop()
         result["leftover_processes"] = getattr(platform, "leftovers", [])
-        if args.json:
-            write_json(args.json, result)
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            log(f"kept {tmp}")
+        wrap_up(args, result, tmp)
     return 0 if ok else 1
 
 

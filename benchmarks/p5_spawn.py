@@ -24,7 +24,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from common import VENV_BIN, Platform, free_port, log, machine, median, write_json
+from common import wrap_up, VENV_BIN, Platform, free_port, log, machine, median
 
 GOAL = 1.1
 USER = "admin"
@@ -290,12 +289,7 @@ def main() -> int:
     finally:
         platform.stop()
         result["leftover_processes"] = getattr(platform, "leftovers", []) + bare.stop()
-        if args.json:
-            write_json(args.json, result)
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            log(f"kept {tmp}")
+        wrap_up(args, result, tmp)
     return 0 if result.get("pass") else 1
 
 

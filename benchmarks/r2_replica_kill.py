@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -26,9 +25,9 @@ from pathlib import Path
 
 import psutil
 
-from common import (Load, Platform, deploy, get_deployment, log, machine, ready_replicas,
+from common import (wrap_up, Load, Platform, deploy, get_deployment, log, machine, ready_replicas,
                     register_wine_models, replica_rows, router_stats, stop_on_sigterm, v2_body,
-                    wait_deployment, wine_rows, write_json)
+                    wait_deployment, wine_rows)
 
 MODEL = "wine-bench"
 NAME = "steady"
@@ -142,12 +141,7 @@ def main() -> int:
             load.stop()
         platform.stop()
         result["leftover_processes"] = getattr(platform, "leftovers", [])
-        if args.json:
-            write_json(args.json, result)
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            log(f"kept {tmp}")
+        wrap_up(args, result, tmp)
     return 0 if ok else 1
 
 
