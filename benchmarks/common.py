@@ -384,6 +384,13 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, default=str))
 
 
+def record_failure(result: dict, platform: "Platform", error: Exception) -> None:
+    """A run that broke: the error in the result, and the hub log's tail to see why."""
+    result["error"] = f"{type(error).__name__}: {error}"
+    log(f"ERROR: {result['error']}")
+    log("hub.log tail:\n" + platform.log_tail(80))
+
+
 def wrap_up(args, result: dict, tmp: Path) -> None:
     """The end of every benchmark run: its JSON result (``--json``) and its temporary data dir
     removed, unless ``--keep`` asked to keep it for inspection."""

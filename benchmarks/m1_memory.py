@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from common import (wrap_up, API, ENDED, Platform, classify, log, machine, make_notebook, process_by_role,
+from common import (wrap_up, record_failure, API, ENDED, Platform, classify, log, machine, make_notebook, process_by_role,
                     seed_ended_jobs, short_cmd, stop_on_sigterm, timed_gets)
 
 MB = 1024 * 1024
@@ -171,9 +171,7 @@ def main() -> int:
               f"(+5 s: {after_settled['rss_mb']} MB); ratio {growth:.3f} "
               f"goal <= {GROWTH_GOAL}: {'PASS' if cp['pass'] else 'FAIL'}")
     except Exception as error:
-        result["error"] = f"{type(error).__name__}: {error}"
-        log(f"ERROR: {result['error']}")
-        log("hub.log tail:\n" + platform.log_tail(80))
+        record_failure(result, platform, error)
     finally:
         platform.stop()
         result["leftover_processes"] = getattr(platform, "leftovers", [])

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from common import (wrap_up, Load, Platform, deploy, log, machine, process_by_role, register_wine_models,
+from common import (wrap_up, record_failure, Load, Platform, deploy, log, machine, process_by_role, register_wine_models,
                     replica_rows, router_state, router_stats, rss_mb, stop_on_sigterm, v2_body,
                     wait_deployment, wine_rows)
 
@@ -141,9 +141,7 @@ def main() -> int:
               f"(goal <= {GROWTH_GOAL}: {'PASS' if result['router']['pass'] else 'FAIL'}); "
               f"{outcomes['total']} responses ({result['throughput_rps']} /s), {outcomes['failed']} failed")
     except Exception as error:
-        result["error"] = f"{type(error).__name__}: {error}"
-        log(f"ERROR: {result['error']}")
-        log("hub.log tail:\n" + platform.log_tail(60))
+        record_failure(result, platform, error)
     finally:
         if load is not None:
             load.stop()

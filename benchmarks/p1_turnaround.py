@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import wrap_up, API, ENDED, Platform, log, machine, make_notebook, median
+from common import wrap_up, record_failure, API, ENDED, Platform, log, machine, make_notebook, median
 
 POLL = 0.020
 GOAL = 0.5
@@ -155,9 +155,7 @@ def main() -> int:
         print(f"P1 ratio: {ratio:.3f}  goal <= {GOAL}: {'PASS' if ratio <= GOAL else 'FAIL'}")
         print(f"P1 platform phase medians (s): {phase_medians}")
     except Exception as error:
-        result["error"] = f"{type(error).__name__}: {error}"
-        log(f"ERROR: {result['error']}")
-        log("hub.log tail:\n" + platform.log_tail(80))
+        record_failure(result, platform, error)
     finally:
         platform.stop()
         result["leftover_processes"] = getattr(platform, "leftovers", [])

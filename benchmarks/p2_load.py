@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from common import (wrap_up, API, Platform, log, machine, make_notebook, percentile,
+from common import (wrap_up, record_failure, API, Platform, log, machine, make_notebook, percentile,
                     seed_ended_jobs)
 
 USERS = 20
@@ -278,9 +278,7 @@ def main() -> int:
               f"admin {b['ratio_p99_admin_vs_bare']}; goal p99 <= {LIST_GOAL_MS} ms: "
               f"{'PASS' if b['pass'] else 'FAIL'}")
     except Exception as error:
-        result["error"] = f"{type(error).__name__}: {error}"
-        log(f"ERROR: {result['error']}")
-        log("hub.log tail:\n" + platform.log_tail(80))
+        record_failure(result, platform, error)
     finally:
         platform.stop()
         if platform.leftovers:

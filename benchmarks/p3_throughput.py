@@ -46,7 +46,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from common import (wrap_up, Platform, deploy, free_port, kill_if_alive, log, machine, median,
+from common import (wrap_up, record_failure, Platform, deploy, free_port, kill_if_alive, log, machine, median,
                     register_wine_models, replica_rows, require_wrk, router_state, router_stats,
                     run_wrk, stop_on_sigterm, v2_body, wait_deployment, wine_rows,
                     wrk_script)
@@ -348,9 +348,7 @@ def main() -> int:
               f"MLServer -c1 p50 {p50['mlserver']:.3f} ms")
         print(f"P3 non-2xx answers or socket errors over all runs: {errors}")
     except Exception as error:
-        result["error"] = f"{type(error).__name__}: {error}"
-        log(f"ERROR: {result['error']}")
-        log("hub.log tail:\n" + platform.log_tail(60))
+        record_failure(result, platform, error)
     finally:
         if mlserver is not None:
             hard = kill_if_alive(mlserver)

@@ -34,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import (wrap_up, Load, Platform, deploy, get_deployment, log, machine, register_wine_models,
+from common import (wrap_up, record_failure, Load, Platform, deploy, get_deployment, log, machine, register_wine_models,
                     router_stats, stop_on_sigterm, v2_body, wait_deployment, wine_rows)
 
 MODEL = "wine-bench"
@@ -296,9 +296,7 @@ def main() -> int:
               f"{ca['responses']['whole_shift']['total']} responses, failed "
               f"{ca['responses']['whole_shift']['failed']} (goal 0: {'PASS' if ca['pass'] else 'FAIL'})")
     except Exception as error:
-        result["error"] = f"{type(error).__name__}: {error}"
-        log(f"ERROR: {result['error']}")
-        log("hub.log tail:\n" + platform.log_tail(60))
+        record_failure(result, platform, error)
     finally:
         for load in loads:
             load.stop()

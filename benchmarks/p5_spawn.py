@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from common import wrap_up, VENV_BIN, Platform, free_port, log, machine, median
+from common import wrap_up, record_failure, VENV_BIN, Platform, free_port, log, machine, median
 
 GOAL = 1.1
 USER = "admin"
@@ -282,9 +282,7 @@ def main() -> int:
         print(f"P5 phase medians (s, cumulative from the first request): {phases}")
         print(f"P5 from the hub logs (medians, warm-up included): {from_logs}")
     except Exception as error:
-        result["error"] = f"{type(error).__name__}: {error}"
-        log(f"ERROR: {result['error']}")
-        log("fermi hub.log tail:\n" + platform.log_tail(60))
+        record_failure(result, platform, error)
         log("bare hub.log tail:\n" + bare.log_tail(60))
     finally:
         platform.stop()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from common import (wrap_up, Load, Platform, deploy, get_deployment, log, machine, ready_replicas,
+from common import (wrap_up, record_failure, Load, Platform, deploy, get_deployment, log, machine, ready_replicas,
                     register_wine_models, replica_rows, router_stats, stop_on_sigterm, v2_body,
                     wait_deployment, wine_rows)
 
@@ -133,9 +133,7 @@ def main() -> int:
               f"{REPLACE_GOAL_S} s: {'PASS' if result['replace_pass'] else 'FAIL'}); crash event seen "
               f"after {result['crash_event_seen_s_after_kill']} s")
     except Exception as error:
-        result["error"] = f"{type(error).__name__}: {error}"
-        log(f"ERROR: {result['error']}")
-        log("hub.log tail:\n" + platform.log_tail(60))
+        record_failure(result, platform, error)
     finally:
         if load is not None:
             load.stop()
