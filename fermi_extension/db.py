@@ -119,6 +119,26 @@ class AuditEvent(Base):
     after: Mapped[dict | None] = mapped_column(JSON, default=None)
 
 
+class Schedule(Base):
+    """A job submitted again at each time of a cron expression (periodic retraining)."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    # the owner's groups when the schedule was made: profile restrictions apply at each run
+    owner_groups: Mapped[list] = mapped_column(JSON, default=list)
+    name: Mapped[str] = mapped_column(String(63))
+    cron: Mapped[str] = mapped_column(String(128))
+    # the job request (notebook snapshot included), exactly as it was checked at creation
+    request: Mapped[dict] = mapped_column(JSON)
+    next_run_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+    last_job_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    runs: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
+
+
 class UsageRecord(Base):
     """Billable time: one row per finished job attempt (later: dev servers and replicas)."""
 

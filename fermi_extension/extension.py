@@ -19,6 +19,7 @@ from tornado import web
 from traitlets import Unicode, default
 
 from .errors import FermiError, InvalidInput, NotFound
+from .jobs.parameters import detect_parameters
 
 
 def check_notebook_path(path: str) -> str:
@@ -82,7 +83,39 @@ class FermiHandler(APIHandler):
         self.finish(body)
 
 
-class JobsHandler(FermiHandler):
+class NotebookAtPathHandler(FermiHandler):
+    """Reads a JSON body naming a notebook by `path` in the user's files."""
+
+    def json_body(self) -> dict:
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise InvalidInput("The request body is not valid JSON.") from None
+        if not isinstance(body, dict):
+            raise InvalidInput("The request body must be a JSON object.")
+        return body
+
+    async def read_notebook(self, path: str) -> dict:
+        try:
+            model = await maybe_await(self.contents_manager.get(path, content=True, type="notebook"))
+        except web.HTTPError as error:
+            if error.status_code == 404:
+                raise NotFound(f"No notebook at {path!r} in your files.") from None
+            raise InvalidInput(f"Cannot read {path!r}: {error.log_message}") from None
+        return json.loads(json.dumps(model["content"]))  # nbformat's NotebookNode → plain JSON
+
+    async def forward_with_notebook(self, target: str) -> None:
+        """Submit the notebook at `path` (as saved) to the control plane's `target` route."""
+        body = self.json_body()
+        path = check_notebook_path(body.pop("path", None))
+        if "notebook" in body:
+            raise InvalidInput("Send `path` (a notebook in your files), not `notebook`.")
+        body["notebook"] = await self.read_notebook(path)
+        body.setdefault("notebook_name", PurePosixPath(path).name)
+        await self.forward("POST", target, json=body)
+
+
+class JobsHandler(NotebookAtPathHandler):
     @web.authenticated
     async def get(self):
         await self.forward("GET", "jobs", params=dict(
@@ -91,24 +124,70 @@ class JobsHandler(FermiHandler):
 
     @web.authenticated
     async def post(self):
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise InvalidInput("The request body is not valid JSON.") from None
-        if not isinstance(body, dict):
-            raise InvalidInput("The request body must be a JSON object.")
-        path = check_notebook_path(body.pop("path", None))
-        if "notebook" in body:
-            raise InvalidInput("Send `path` (a notebook in your files), not `notebook`.")
-        try:
-            model = await maybe_await(self.contents_manager.get(path, content=True, type="notebook"))
-        except web.HTTPError as error:
-            if error.status_code == 404:
-                raise NotFound(f"No notebook at {path!r} in your files.") from None
-            raise InvalidInput(f"Cannot read {path!r}: {error.log_message}") from None
-        body["notebook"] = model["content"]
-        body.setdefault("notebook_name", PurePosixPath(path).name)
-        await self.forward("POST", "jobs", json=body)
+        await self.forward_with_notebook("jobs")
+
+
+class SchedulesHandler(JobsHandler):
+    @web.authenticated
+    async def get(self):
+        await self.forward("GET", "schedules")
+
+    @web.authenticated
+    async def post(self):
+        await self.forward_with_notebook("schedules")
+
+
+class NotebookParametersHandler(NotebookAtPathHandler):
+    """The parameters a submission of the notebook at `path` would take (for the submit form)."""
+
+    @web.authenticated
+    async def post(self):
+        path = check_notebook_path(self.json_body().get("path"))
+        notebook = await self.read_notebook(path)
+        parameters = detect_parameters(notebook)
+        self.finish({"path": path, "parameters": [p.model_dump(mode="json") for p in parameters]})
+
+
+class JobOutputOpenHandler(FermiHandler):
+    """Saves a job's executed notebook into the user's files, so that the lab can open it."""
+
+    folder = "fermi-outputs"
+
+    @web.authenticated
+    async def post(self, job_id):
+        status, body, _ = await self.control_plane.call("GET", f"jobs/{job_id}/output")
+        if status != 200:
+            self.set_status(status)
+            self.set_header("Content-Type", "application/json")
+            self.finish(body)
+            return
+        status, described, _ = await self.control_plane.call("GET", f"jobs/{job_id}")
+        name = json.loads(described).get("name", "job") if status == 200 else "job"
+        contents = self.contents_manager
+        if not await maybe_await(contents.dir_exists(self.folder)):
+            await maybe_await(contents.save({"type": "directory"}, self.folder))
+        path = f"{self.folder}/{name}-{job_id}.ipynb"
+        await maybe_await(contents.save(
+            {"type": "notebook", "format": "json", "content": json.loads(body)}, path))
+        self.finish({"path": path})
+
+
+class EnvironmentHandler(FermiHandler):
+    """What this dev server runs on (profile, image, GPUs, price), from its spawner's environment."""
+
+    @web.authenticated
+    async def get(self):
+        env = os.environ
+        gpus = [g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+        price = env.get("FERMI_PRICE_PER_HOUR")
+        self.finish({
+            "user": self.current_user.username,
+            "profile": env.get("FERMI_PROFILE") or None,
+            "image": env.get("FERMI_IMAGE") or None,
+            "image_version": env.get("FERMI_IMAGE_VERSION") or None,
+            "gpus": len(gpus),
+            "price_per_hour": float(price) if price else None,
+        })
 
 
 class ProxyHandler(FermiHandler):
@@ -166,5 +245,9 @@ class FermiExtension(ExtensionApp):
     def initialize_handlers(self):
         self.handlers.extend([
             (r"/fermi/api/jobs/?", JobsHandler),
+            (r"/fermi/api/schedules/?", SchedulesHandler),
+            (r"/fermi/api/notebook/parameters/?", NotebookParametersHandler),
+            (r"/fermi/api/jobs/([^/]+)/output/open/?", JobOutputOpenHandler),
+            (r"/fermi/api/environment/?", EnvironmentHandler),
             (r"/fermi/api/(.+)", ProxyHandler),
         ])

@@ -12,12 +12,14 @@ import json
 import logging
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from ..catalog.model import Image, Profile
 from ..catalog.store import CatalogStore
 from ..caller import Caller, audit
 from ..db import Job, JobEvent, UsageRecord, utcnow
@@ -68,6 +70,18 @@ def describe(job: Job, *, events: list[JobEvent] | None = None, position: int | 
         ],
         parameter_spec=spec,
     )
+
+
+@dataclass
+class Prepared:
+    """A checked submission: what ``JobService.submit`` writes."""
+
+    notebook: dict
+    parameters: dict
+    image: Image
+    profile: Profile
+    name: str
+    notebook_name: str
 
 
 class JobService:
@@ -161,7 +175,8 @@ class JobService:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def submit(self, caller: Caller, request: CreateJob, *, retry_of: Job | None = None) -> DescribeJob:
+    def prepare(self, caller: Caller, request: CreateJob) -> "Prepared":
+        """Every check of a submission, writing nothing (also used to validate a schedule)."""
         notebook = load_notebook(request.notebook)
         declared = detect_parameters(notebook)
         parameters = check_parameters(declared, request.parameters)
@@ -187,6 +202,13 @@ class JobService:
             raise InvalidInput(f"{str(error)[0].upper()}{str(error)[1:]}.") from None
         if "/" in notebook_name or "\\" in notebook_name or notebook_name.startswith("."):
             notebook_name = Path(notebook_name.replace("\\", "/")).name or "notebook.ipynb"
+        return Prepared(notebook, parameters, image, profile, name, notebook_name)
+
+    def submit(self, caller: Caller, request: CreateJob, *, retry_of: Job | None = None,
+               origin: str | None = None) -> DescribeJob:
+        ready = self.prepare(caller, request)
+        notebook, parameters, image, profile = ready.notebook, ready.parameters, ready.image, ready.profile
+        name, notebook_name = ready.name, ready.notebook_name
         spec: RuntimeSpec = runtime_spec(image, profile)
         with self.session_factory() as session:
             job = Job(
@@ -204,6 +226,8 @@ class JobService:
             message = f"queued by {caller.name} on {profile.slug} ({image.slug})"
             if retry_of:
                 message += f", a retry of {retry_of.id}"
+            if origin:
+                message += f", {origin}"
             session.add(JobEvent(job_id=job.id, kind="queued", message=message))
             audit(session, caller, "retry" if retry_of else "submit", "job", job.id,
                   after={"name": name, "image": image.slug, "profile": profile.slug,

@@ -32,15 +32,16 @@ from ..deployments.backend import ServingBackend
 from ..deployments.service import DeploymentController, DeploymentService
 from ..registry.service import ModelRepository
 from ..usage.service import UsageService
-from . import api_builds, api_catalog, api_deployments, api_jobs, api_models, api_usage
+from ..jobs.schedules import ScheduleService
+from . import api_builds, api_catalog, api_deployments, api_jobs, api_models, api_schedules, api_usage
 from . import admin_pages
 from .metrics import MetricsHandler
 from .pages import HomeHandler
 from .images_page import ImagesPage
 from .openapi import HealthHandler, OpenAPIHandler, build_openapi, tornado_pattern
 
-ROUTES = [*api_builds.routes, *api_catalog.routes, *api_jobs.routes, *api_models.routes, *api_deployments.routes,
-          *api_usage.routes]
+ROUTES = [*api_builds.routes, *api_catalog.routes, *api_jobs.routes, *api_schedules.routes,
+          *api_models.routes, *api_deployments.routes, *api_usage.routes]
 
 
 class FermiService(Application):
@@ -151,6 +152,7 @@ class FermiService(Application):
                                 jobs_dir, tracking_uri=self.tracking_uri)
         self.jobs = JobService(self.session_factory, self.catalog, self.job_backend, jobs_dir,
                                wake=self.runner.wake)
+        self.schedules = ScheduleService(self.session_factory, self.jobs)
         self.registry = ModelRepository(self.session_factory, self.tracker)
         self.serving_backend = self.serving_backend_class(parent=self)
         self.deployments = DeploymentService(self.session_factory, self.catalog, self.registry,
@@ -182,6 +184,7 @@ class FermiService(Application):
             cookie_secret=os.urandom(32),
             jobs=self.jobs,
             runner=self.runner,
+            schedules=self.schedules,
             registry=self.registry,
             builds=BuildService(self.session_factory, Path(self.data_dir) / "builds"),
             deployments=self.deployments,
@@ -198,6 +201,7 @@ class FermiService(Application):
         await self.job_backend.start()
         await self.runner.start()
         await self.controller.start()
+        scheduling = asyncio.create_task(self.schedules.run())
         url = urlparse(self.service_url)
         server = self.make_app().listen(url.port, url.hostname, xheaders=True)
         self.log.info("Fermi control plane listening on %s%s", self.service_url, self.prefix)
@@ -208,6 +212,7 @@ class FermiService(Application):
         await stop.wait()
         self.log.info("Stopping: running jobs are stopped and queued again for the next start")
         server.stop()
+        scheduling.cancel()
         await self.runner.stop(stop_jobs=True)
         await self.controller.stop(stop_all=True)
         await self.tracker.close()
