@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PIP = $(VENV)/bin/pip
 
-.PHONY: up test bench install install-test
+.PHONY: up test bench install install-test debian-packages
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -12,15 +12,29 @@ $(VENV)/bin/python:
 install: $(VENV)/bin/python
 	$(PIP) install -q -e .
 
-install-test: $(VENV)/bin/python
+install-test: $(VENV)/bin/python debian-packages
 	$(PIP) install -q -e ".[test]"
+
+# Debian packages the tests use: chromium for the browser tests (never a browser downloaded by
+# a test tool) with a Chinese font for readable zh screenshots; promtool (package prometheus)
+# to validate the alert rules
+SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+debian-packages:
+	@{ command -v chromium >/dev/null && command -v promtool >/dev/null && \
+		[ -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ]; } || \
+		{ $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-wqy-zenhei \
+		>/dev/null && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+		--no-install-recommends prometheus >/dev/null; }
 
 ## make up: install Fermi and start the whole platform on this machine (ARGS="--port 8001" …)
 up: install
 	$(VENV)/bin/fermi up $(ARGS)
 
-## make test: install what the tests need and run them all (unit, hub-level, restart)
+## make test: install what the tests need and run them all (frontend unit tests, then unit,
+## hub-level, browser and restart tests)
 test: install-test
+	cd labextension && PATH="$(abspath $(VENV))/bin:$$PATH" jlpm test
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 ## make bench: the benchmarks of benchmarks/README.md

@@ -64,6 +64,8 @@ class Job(Base):
     # mistaken for the job after a restart
     pid: Mapped[int | None] = mapped_column(Integer, default=None)
     pid_started: Mapped[float | None] = mapped_column(Float, default=None)
+    # or the attempt's object on a cluster (the Kubernetes backend's Job name)
+    handle_name: Mapped[str | None] = mapped_column(String(255), default=None, nullable=True)
     progress: Mapped[dict] = mapped_column(JSON, default=dict)
     tracking_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
     tracking_experiment_id: Mapped[str | None] = mapped_column(String(64), default=None)
@@ -139,6 +141,80 @@ class Schedule(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
 
 
+class Quota(Base):
+    """Limits for a user, or for a group's members together (``quotas.py``); null: no limit."""
+
+    __tablename__ = "quotas"
+
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)  # user | group
+    subject: Mapped[str] = mapped_column(String(255), primary_key=True)
+    gpus: Mapped[int | None] = mapped_column(Integer, default=None)
+    running_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
+    deployments: Mapped[int | None] = mapped_column(Integer, default=None)
+    monthly_spend: Mapped[float | None] = mapped_column(Float, default=None)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
+    updated_by: Mapped[str] = mapped_column(String(255))
+
+
+class GroupMember(Base):
+    """A user's hub groups as last seen with one of their requests (for group quotas)."""
+
+    __tablename__ = "group_members"
+
+    user: Mapped[str] = mapped_column(String(255), primary_key=True)
+    group: Mapped[str] = mapped_column(String(255), primary_key=True, index=True)
+
+
+class Dataset(Base):
+    """A named dataset: its versions are locations (``datasets.py``)."""
+
+    __tablename__ = "datasets"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    groups: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
+
+
+class DatasetVersion(Base):
+    __tablename__ = "dataset_versions"
+
+    dataset: Mapped[str] = mapped_column(ForeignKey("datasets.name", ondelete="CASCADE"),
+                                         primary_key=True)
+    version: Mapped[str] = mapped_column(String(32), primary_key=True)
+    location: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(8))
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
+
+
+class Workflow(Base):
+    """Steps declared once (train → evaluate → promote); each run is a ``WorkflowRun``."""
+
+    __tablename__ = "workflows"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63))
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    owner_groups: Mapped[list] = mapped_column(JSON, default=list)
+    steps: Mapped[list] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
+
+
+class WorkflowRun(Base):
+    __tablename__ = "workflow_runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    workflow_id: Mapped[str] = mapped_column(String(32), index=True)
+    owner: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    steps: Mapped[list] = mapped_column(JSON)  # one StepState each
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, default=None)
+
+
 class UsageRecord(Base):
     """Billable time: one row per finished job attempt (later: dev servers and replicas)."""
 
@@ -171,7 +247,26 @@ def make_session_factory(url: str) -> sessionmaker:
             cursor.close()
 
     Base.metadata.create_all(engine)
+    add_missing_nullable_columns(engine)
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def add_missing_nullable_columns(engine) -> None:
+    """A database made by an earlier version lacks the nullable columns added since
+    (``create_all`` makes only missing tables): add them, empty."""
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(engine)
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            if not inspector.has_table(table.name):
+                continue
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have and column.nullable and not column.primary_key:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    connection.execute(text(
+                        f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 class RegisteredModel(Base):
@@ -238,6 +333,8 @@ class Replica(Base):
     url: Mapped[str | None] = mapped_column(String(255), default=None)
     pid: Mapped[int | None] = mapped_column(Integer, default=None)
     pid_started: Mapped[float | None] = mapped_column(Float, default=None)
+    # or the replica on a cluster (the Kubernetes backend's object and slot)
+    handle_name: Mapped[str | None] = mapped_column(String(255), default=None, nullable=True)
     started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
     ready_at: Mapped[dt.datetime | None] = mapped_column(DateTime, default=None)
     draining_since: Mapped[dt.datetime | None] = mapped_column(DateTime, default=None)

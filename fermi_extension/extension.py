@@ -20,6 +20,7 @@ from traitlets import Unicode, default
 
 from .errors import FermiError, InvalidInput, NotFound
 from .jobs.parameters import detect_parameters
+from .templates import template_catalogue
 
 
 def check_notebook_path(path: str) -> str:
@@ -164,11 +165,47 @@ class JobOutputOpenHandler(FermiHandler):
         status, described, _ = await self.control_plane.call("GET", f"jobs/{job_id}")
         name = json.loads(described).get("name", "job") if status == 200 else "job"
         contents = self.contents_manager
-        if not await maybe_await(contents.dir_exists(self.folder)):
-            await maybe_await(contents.save({"type": "directory"}, self.folder))
+        await ensure_folder(contents, self.folder)
         path = f"{self.folder}/{name}-{job_id}.ipynb"
         await maybe_await(contents.save(
             {"type": "notebook", "format": "json", "content": json.loads(body)}, path))
+        self.finish({"path": path})
+
+
+class TemplatesHandler(FermiHandler):
+    """"New from template": the list, and a copy of one into the user's files."""
+
+    @web.authenticated
+    async def get(self):
+        self.finish({"templates": template_catalogue()})
+
+    @web.authenticated
+    async def post(self):
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise InvalidInput("The request body is not valid JSON.") from None
+        from .paths import shipped
+
+        names = {t["name"]: t for t in template_catalogue()}
+        name = body.get("name") if isinstance(body, dict) else None
+        if name not in names:
+            raise NotFound(f"No template {name!r}; there are: {', '.join(names) or 'none'}.")
+        content = json.loads((shipped("templates") / names[name]["file"]).read_text())
+        folder = str(body.get("folder") or "").strip("/")
+        if folder:  # the same rule as a notebook's path: inside the user's files
+            folder = str(PurePosixPath(check_notebook_path(f"{folder}/x.ipynb")).parent)
+        contents = self.contents_manager
+        await ensure_folder(contents, folder)
+        stem, index = name, 0
+        while True:  # never overwrite: name, name-1, name-2, …
+            candidate = f"{stem}{f'-{index}' if index else ''}.ipynb"
+            path = f"{folder}/{candidate}" if folder else candidate
+            if not await maybe_await(contents.file_exists(path)):
+                break
+            index += 1
+        await maybe_await(contents.save({"type": "notebook", "format": "json", "content": content}, path))
+        self.set_status(201)
         self.finish({"path": path})
 
 
@@ -214,6 +251,15 @@ class ProxyHandler(FermiHandler):
         await self.forward("DELETE", path)
 
 
+async def ensure_folder(contents, folder: str) -> None:
+    """Make ``folder`` (and its parents) in the user's files if missing."""
+    parts = [p for p in folder.split("/") if p]
+    for depth in range(1, len(parts) + 1):
+        path = "/".join(parts[:depth])
+        if not await maybe_await(contents.dir_exists(path)):
+            await maybe_await(contents.save({"type": "directory"}, path))
+
+
 async def maybe_await(value):
     import inspect
 
@@ -249,5 +295,6 @@ class FermiExtension(ExtensionApp):
             (r"/fermi/api/notebook/parameters/?", NotebookParametersHandler),
             (r"/fermi/api/jobs/([^/]+)/output/open/?", JobOutputOpenHandler),
             (r"/fermi/api/environment/?", EnvironmentHandler),
+            (r"/fermi/api/templates/?", TemplatesHandler),
             (r"/fermi/api/(.+)", ProxyHandler),
         ])

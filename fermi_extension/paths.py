@@ -1,4 +1,4 @@
-"""Where the files that ship with Fermi are: ``hub_config/`` and the notebook templates.
+"""Where the files that ship with Fermi are: ``hub_config/``, the notebook templates, the docs.
 
 In a wheel they are inside the package (``_shipped/``); in a source checkout (editable install)
 they are the top-level folders of the repository.
@@ -10,11 +10,11 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 REPOSITORY = PACKAGE.parent
-SOURCE_NAMES = {"hub_config": "hub_config", "templates": "notebooks/templates"}
+SOURCE_NAMES = {"hub_config": "hub_config", "templates": "notebooks/templates", "docs": "docs"}
 
 
 def shipped(name: str) -> Path:
-    """``shipped("hub_config")`` or ``shipped("templates")``."""
+    """``shipped("hub_config")``, ``shipped("templates")`` or ``shipped("docs")``."""
     inside = PACKAGE / "_shipped" / name
     if inside.exists():
         return inside

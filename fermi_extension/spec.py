@@ -11,6 +11,17 @@ from pydantic import BaseModel, Field
 from .catalog.model import Image, Profile, Toleration
 
 
+class DatasetMount(BaseModel):
+    """A dataset version attached to a job or dev environment: found at ``datasets/NAME`` in its
+    working folder, its location in ``$ENV`` (``datasets.py``)."""
+
+    name: str
+    version: str
+    location: str
+    kind: str  # path | volume | s3
+    env: str
+
+
 class RuntimeSpec(BaseModel):
     image: str
     image_version: str | None = None
@@ -29,6 +40,8 @@ class RuntimeSpec(BaseModel):
     price_per_hour: float = 0.0
     pull_secrets: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    datasets: list[DatasetMount] = Field(default_factory=list)
+    nodes: int = 1  # a job's ranks (distributed training); each has the profile's resources
 
 
 def runtime_spec(image: Image, profile: Profile, version: str | None = None) -> RuntimeSpec:
@@ -57,4 +70,13 @@ def runtime_spec(image: Image, profile: Profile, version: str | None = None) -> 
         tolerations=list(profile.tolerations),
         price_per_hour=profile.price_per_hour,
         pull_secrets=[image.pull_secret] if image.pull_secret else [],
+        env=thread_env(profile.cpu),
     )
+
+
+def thread_env(cpu: float) -> dict[str, str]:
+    """Numerical libraries (torch, BLAS) start one thread per core of the host unless told:
+    on a shared machine or node that oversubscribes the CPUs the profile did not grant."""
+    threads = str(max(1, int(cpu)))
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+            "OPENBLAS_NUM_THREADS": threads}

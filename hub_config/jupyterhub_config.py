@@ -47,7 +47,19 @@ if admin_token:
     c.JupyterHub.api_tokens = {admin_token: "admin"}
 
 # -- dev environments ---------------------------------------------------------------------------
-c.JupyterHub.spawner_class = "fermi_spawner.local.FermiLocalSpawner"
+# the one switch (FERMI_BACKEND, as for jobs and deployments): processes here, or pods through
+# KubeSpawner with the catalogue's profiles (docs/kubernetes.md)
+if os.environ.get("FERMI_BACKEND", "local").strip().lower() == "kubernetes":
+    c.JupyterHub.spawner_class = "fermi_spawner.kubernetes.FermiKubeSpawner"
+    c.KubeSpawner.namespace = os.environ.get("FERMI_NAMESPACE", "fermi")
+    c.KubeSpawner.cmd = ["jupyterhub-singleuser"]  # the image's, not this machine's Python
+    # pods reach the hub and the control plane at addresses routable from the cluster
+    if os.environ.get("FERMI_HUB_CONNECT_URL"):
+        c.KubeSpawner.hub_connect_url = os.environ["FERMI_HUB_CONNECT_URL"]
+    c.KubeSpawner.environment = {"FERMI_API_URL": os.environ.get(
+        "FERMI_CLUSTER_API_URL", f"http://127.0.0.1:{ports['service']}/services/fermi/api")}
+else:
+    c.JupyterHub.spawner_class = "fermi_spawner.local.FermiLocalSpawner"
 c.SimpleLocalProcessSpawner.home_dir_template = str(data / "users" / "{username}")
 c.Spawner.default_url = "/lab"
 c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
@@ -64,6 +76,7 @@ c.FermiLocalSpawner.fermi_api_url = f"http://127.0.0.1:{ports['service']}/servic
 # the spawn form, its checks, GPU assignments and usage records use the platform's database
 platform_db_url = os.environ.get("FERMI_DB_URL") or f"sqlite:///{data / 'fermi.sqlite'}"
 c.FermiLocalSpawner.platform_db_url = platform_db_url
+c.FermiKubeSpawner.platform_db_url = platform_db_url
 # several dev environments per user (/user/NAME/SERVER), each with its own profile and image
 c.JupyterHub.allow_named_servers = True
 c.JupyterHub.named_server_limit_per_user = 5
@@ -111,8 +124,10 @@ c.JupyterHub.load_roles = [
     {"name": "user", "scopes": ["self", "access:services!service=fermi"]},
     {
         "name": "fermi-control-plane",
-        "description": "What the control plane needs to know about users: names and groups",
-        "scopes": ["list:users", "read:users:name", "read:users:groups", "read:groups"],
+        "description": "What the control plane needs to know about users: names, groups, and "
+                       "their servers (profile, activity) for the dashboard and cost analysis",
+        "scopes": ["list:users", "read:users:name", "read:users:groups", "read:groups",
+                   "read:servers"],
         "services": ["fermi"],
     },
     {

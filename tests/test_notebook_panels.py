@@ -135,3 +135,29 @@ def test_widgets_drive_a_real_job_from_a_kernel(platform, alice, tiny_notebook, 
     assert refused.startswith("REFUSED None") and "GPU" in refused, output
     deploy = next(line for line in output.splitlines() if line.startswith("DEPLOY"))
     assert deploy.startswith("DEPLOY None") and "no-such-model" in deploy, output
+
+
+def test_the_usage_guide_the_cards_link_to_speaks_both_languages(alice):
+    english = alice.http.get("/services/fermi/guide?lang=en")
+    chinese = alice.http.get("/services/fermi/guide", headers={"Accept-Language": "zh-CN,zh"})
+    assert english.status_code == chinese.status_code == 200
+    assert "<h1" in english.text and "training job" in english.text.lower()
+    assert "训练任务" in chinese.text and 'lang="zh-CN"' in chinese.text
+
+
+def test_new_from_template_copies_into_the_users_files_without_overwriting(platform, alice):
+    base = start_server(platform, alice)
+    hub = alice.http
+    listed = hub.get(f"{base}/templates").json()["templates"]
+    names = [t["name"] for t in listed]
+    assert "tabular-classifier" in names and all(t.get("title") for t in listed)
+    first = hub.post(f"{base}/templates", json={"name": "tabular-classifier", "folder": "new"})
+    second = hub.post(f"{base}/templates", json={"name": "tabular-classifier", "folder": "new"})
+    assert (first.status_code, second.status_code) == (201, 201)
+    assert (first.json()["path"], second.json()["path"]) == (
+        "new/tabular-classifier.ipynb", "new/tabular-classifier-1.ipynb")
+    assert (home(platform, alice) / "new" / "tabular-classifier-1.ipynb").exists()
+    for bad, status in (({"name": "nope"}, 404), ({"name": "tabular-classifier", "folder": "../x"}, 400)):
+        answer = hub.post(f"{base}/templates", json=bad)
+        assert answer.status_code == status and answer.json()["message"], answer.text
+    hub.delete(f"/hub/api/users/{alice.name}/server")

@@ -62,13 +62,20 @@ def detect_builder() -> list[str] | None:
 
 
 class BuildService:
-    def __init__(self, session_factory, builds_dir: Path):
+    """``cluster_builder``: on Kubernetes, the backend's builder (Kaniko Jobs: an object with
+    ``async build(build_id, dockerfile, reference, log_path) -> (status, reason)``); otherwise
+    a builder installed on this machine."""
+
+    def __init__(self, session_factory, builds_dir: Path, cluster_builder=None):
         self.session_factory = session_factory
         self.builds_dir = Path(builds_dir)
+        self.cluster_builder = cluster_builder
         self._builder: list[str] | None | bool = False  # looked up on first use: `docker info` is slow
 
     @property
     def builder(self) -> list[str] | None:
+        if self.cluster_builder is not None:
+            return ["kaniko"]
         if self._builder is False:
             self._builder = detect_builder()
         return self._builder
@@ -101,6 +108,11 @@ class BuildService:
     async def _run(self, build_id: str, reference: str) -> None:
         context = self.builds_dir / build_id
         self._set(build_id, "running")
+        if self.cluster_builder is not None:
+            status, reason = await self.cluster_builder.build(
+                build_id, (context / "Dockerfile").read_text(), reference, context / "build.log")
+            self._set(build_id, status, reason)
+            return
         with open(context / "build.log", "wb") as log:
             process = await asyncio.create_subprocess_exec(
                 *self.builder, "-t", reference, str(context), stdout=log, stderr=log)

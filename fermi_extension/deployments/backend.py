@@ -13,9 +13,12 @@ from ..spec import RuntimeSpec
 
 @dataclass
 class ReplicaHandle:
+    """A replica: a process (pid + start time) on this machine, or ``name`` on a cluster."""
+
     pid: int | None
     started: float | None
     url: str | None
+    name: str | None = None
 
 
 @dataclass

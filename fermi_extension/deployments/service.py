@@ -22,6 +22,7 @@ from ..caller import Caller, audit
 from ..catalog.store import CatalogStore
 from ..db import Deployment, DeploymentEvent, Replica, Revision, UsageRecord, utcnow
 from ..errors import Conflict, InvalidInput, NotFound, Unprocessable
+from ..quotas import QuotaService
 from ..registry.service import ModelRepository
 from ..spec import RuntimeSpec, runtime_spec
 from ..tracking.client import Tracker
@@ -54,7 +55,9 @@ def event(session: Session, deployment: Deployment, kind: str, message: str,
 
 class DeploymentService:
     def __init__(self, session_factory: sessionmaker, catalog: CatalogStore,
-                 registry: ModelRepository, backend: ServingBackend, public_url: str):
+                 registry: ModelRepository, backend: ServingBackend, public_url: str,
+                 quotas: QuotaService | None = None):
+        self.quotas = quotas or QuotaService(session_factory)
         self.session_factory = session_factory
         self.catalog = catalog
         self.registry = registry
@@ -147,8 +150,9 @@ class DeploymentService:
         return runtime_spec(image, profile)
 
     async def create(self, caller: Caller, request: CreateDeployment) -> DescribeDeployment:
-        await self.registry.version(caller, request.model, request.version)
         runtime = self._runtime(caller, request.profile, request.engine)
+        self.quotas.admit(caller, deployments=1, gpus=runtime.gpu * request.min_replicas)
+        await self.registry.version(caller, request.model, request.version)
         key = "fk-" + secrets.token_urlsafe(24)
         with self.session_factory() as session:
             if session.get(Deployment, request.name) is not None:
@@ -327,7 +331,7 @@ class DeploymentController:
 
     @staticmethod
     def _handle(replica: Replica) -> ReplicaHandle:
-        return ReplicaHandle(replica.pid, replica.pid_started, replica.url)
+        return ReplicaHandle(replica.pid, replica.pid_started, replica.url, replica.handle_name)
 
     async def _loop(self) -> None:
         while True:
@@ -465,7 +469,7 @@ class DeploymentController:
             handle = await self.backend.start_replica(launch)
             session.add(Replica(id=replica_id, deployment=d.name, revision=revision_name,
                                 state="starting", url=handle.url, pid=handle.pid,
-                                pid_started=handle.started))
+                                pid_started=handle.started, handle_name=handle.name))
             event(session, d, "replica-starting",
                   f"replica {replica_id} starting ({d.model} version {revision.version})")
 

@@ -8,7 +8,7 @@ from typing import Any
 from traitlets.config import LoggingConfigurable
 
 from ..catalog.model import Pool, Profile
-from ..spec import RuntimeSpec
+from ..spec import DatasetMount, RuntimeSpec
 from .files import JobFiles
 
 
@@ -24,10 +24,12 @@ class JobLaunch:
 
 @dataclass
 class Handle:
-    """Names the running attempt of a job so that it can be found again after a restart."""
+    """Names the running attempt of a job so that it can be found again after a restart:
+    a process (pid + start time) on this machine, or an object ``name`` on a cluster."""
 
     pid: int | None
     started: float | None
+    name: str | None = None
 
 
 @dataclass
@@ -69,6 +71,12 @@ class JobBackend(LoggingConfigurable):
     def availability(self, profile: Profile, pool: Pool) -> tuple[bool, str | None]:
         """Whether jobs and servers of ``profile`` can run here, and why not."""
         raise NotImplementedError
+
+    max_nodes: int = 1  # distributed training: how many nodes one job may span here
+
+    def dataset_refusal(self, mount: DatasetMount) -> str | None:
+        """Why this backend cannot attach the dataset to a job (None: it can)."""
+        return None
 
     async def start(self) -> None:
         """Prepare to launch (e.g. warm up); called once when the control plane starts."""

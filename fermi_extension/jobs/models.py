@@ -33,11 +33,20 @@ class CreateJob(BaseModel):
     notebook_name: str | None = Field(None, description="file name shown for the snapshot")
     parameters: dict[str, Any] = Field(default_factory=dict)
     image: str | None = Field(None, description="catalogue image slug (default: the first)")
+    image_version: str | None = Field(None, description="a version (tag) of the image "
+                                      "(default: its newest)")
     profile: str | None = Field(None, description="catalogue profile slug (default: the default)")
     priority: int = Field(0, ge=-100, le=100, description="higher runs first")
     timeout_seconds: int | None = Field(None, gt=0, le=30 * 24 * 3600)
     max_retries: int = Field(
         1, ge=0, le=5, description="automatic retries when the job is lost to a crash"
+    )
+    nodes: int = Field(1, ge=1, le=64, description="distributed training: the notebook runs on "
+                       "this many nodes at once (torchrun-style ranks; the Kubernetes backend)")
+    datasets: list[str] = Field(
+        default_factory=list, max_length=20,
+        description="datasets to attach, `name` (latest version) or `name:version`; each is at "
+                    "datasets/NAME in the job's folder and its location in $FERMI_DATASET_NAME",
     )
 
     @field_validator("name")

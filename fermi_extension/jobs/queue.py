@@ -8,6 +8,7 @@ a big job forever), while other pools go on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from ..catalog.model import Pool
 
@@ -17,6 +18,7 @@ class Waiting:
     job_id: str
     pool: str
     gpus: int
+    owner: str = ""
 
 
 @dataclass
@@ -26,9 +28,12 @@ class PoolUse:
 
 
 def plan_starts(
-    queued: list[Waiting], running: dict[str, PoolUse], pools: dict[str, Pool]
+    queued: list[Waiting], running: dict[str, PoolUse], pools: dict[str, Pool],
+    held_back: Callable[[Waiting], bool] = lambda job: False,
 ) -> list[str]:
-    """``queued`` in queue order (priority desc, then oldest first); returns ids to start."""
+    """``queued`` in queue order (priority desc, then oldest first); returns ids to start.
+    ``held_back``: jobs that may not start for a reason of their own (their owner's quota);
+    they are passed over without holding back the pool."""
     use = {slug: PoolUse(u.jobs, u.gpus) for slug, u in running.items()}
     blocked: set[str] = set()
     starts = []
@@ -42,6 +47,8 @@ def plan_starts(
         )
         if not fits:
             blocked.add(job.pool)
+            continue
+        if held_back(job):
             continue
         now.jobs += 1
         now.gpus += job.gpus

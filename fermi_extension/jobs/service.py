@@ -23,9 +23,11 @@ from ..catalog.model import Image, Profile
 from ..catalog.store import CatalogStore
 from ..caller import Caller, audit
 from ..db import Job, JobEvent, UsageRecord, utcnow
+from ..datasets import DatasetService
+from ..quotas import QuotaService
 from ..registry.service import claim_models
 from ..errors import Conflict, InvalidInput, NotFound, Unavailable, Unprocessable
-from ..spec import RuntimeSpec, runtime_spec
+from ..spec import DatasetMount, RuntimeSpec, runtime_spec
 from ..tracking.client import Tracker, TrackingError
 from .backend import Handle, JobBackend, JobLaunch, Outcome
 from .files import JobFiles, read_json
@@ -37,6 +39,10 @@ from .queue import PoolUse, Waiting, plan_starts
 log = logging.getLogger("fermi.jobs")
 
 ENDED = ("succeeded", "failed", "cancelled")
+
+
+def describe_handle(handle: Handle) -> str:
+    return handle.name or f"pid {handle.pid}"
 
 
 def default_job_name(notebook_name: str | None) -> str:
@@ -82,13 +88,18 @@ class Prepared:
     profile: Profile
     name: str
     notebook_name: str
+    datasets: list[DatasetMount]
+    image_version: str | None = None
 
 
 class JobService:
     """The jobs API's logic; the HTTP layer and the dev-server extension stay thin."""
 
     def __init__(self, session_factory: sessionmaker, catalog: CatalogStore, backend: JobBackend,
-                 jobs_dir: Path, wake: Callable[[], None] = lambda: None):
+                 jobs_dir: Path, wake: Callable[[], None] = lambda: None,
+                 quotas: QuotaService | None = None, datasets: DatasetService | None = None):
+        self.quotas = quotas or QuotaService(session_factory)
+        self.datasets = datasets or DatasetService(session_factory)
         self.session_factory = session_factory
         self.catalog = catalog
         self.backend = backend
@@ -202,14 +213,31 @@ class JobService:
             raise InvalidInput(f"{str(error)[0].upper()}{str(error)[1:]}.") from None
         if "/" in notebook_name or "\\" in notebook_name or notebook_name.startswith("."):
             notebook_name = Path(notebook_name.replace("\\", "/")).name or "notebook.ipynb"
-        return Prepared(notebook, parameters, image, profile, name, notebook_name)
+        tags = [v.tag for v in image.versions]
+        if request.image_version is not None and request.image_version not in tags:
+            raise InvalidInput(f"Image {image.slug!r} has no version {request.image_version!r}; "
+                               f"choose one of: {', '.join(tags) or '(none)'}.")
+        if request.nodes > self.backend.max_nodes:
+            raise Unprocessable(
+                f"This platform runs a job on at most {self.backend.max_nodes} node(s), and "
+                f"{request.nodes} were asked: distributed training needs the Kubernetes backend.")
+        datasets = self.datasets.resolve(caller, request.datasets)
+        for mount in datasets:
+            refusal = self.backend.dataset_refusal(mount)
+            if refusal:
+                raise Unprocessable(refusal)
+        return Prepared(notebook, parameters, image, profile, name, notebook_name, datasets,
+                        request.image_version)
 
     def submit(self, caller: Caller, request: CreateJob, *, retry_of: Job | None = None,
                origin: str | None = None) -> DescribeJob:
         ready = self.prepare(caller, request)
+        self.quotas.admit(caller)  # a spent monthly quota refuses; other limits queue the job
         notebook, parameters, image, profile = ready.notebook, ready.parameters, ready.image, ready.profile
         name, notebook_name = ready.name, ready.notebook_name
-        spec: RuntimeSpec = runtime_spec(image, profile)
+        spec: RuntimeSpec = runtime_spec(image, profile, ready.image_version)
+        spec.datasets = ready.datasets
+        spec.nodes = request.nodes
         with self.session_factory() as session:
             job = Job(
                 name=name, owner=caller.name, status="queued", priority=request.priority,
@@ -251,8 +279,10 @@ class JobService:
         request = CreateJob(
             notebook=snapshot, name=old.name, notebook_name=old.notebook_name,
             parameters=old.parameters, image=old.image, profile=old.profile,
+            image_version=(old.runtime or {}).get("image_version"),
             priority=old.priority, timeout_seconds=old.timeout_seconds,
-            max_retries=old.max_retries,
+            max_retries=old.max_retries, nodes=(old.runtime or {}).get("nodes", 1),
+            datasets=[f"{d['name']}:{d['version']}" for d in (old.runtime or {}).get("datasets", [])],
         )
         owner = Caller(old.owner, caller.admin, caller.groups, caller.remote_addr)
         described = self.submit(owner, request, retry_of=old)
@@ -269,7 +299,8 @@ class JobService:
             if job.status in ENDED:
                 raise Conflict(f"Job {job_id} has already ended ({job.status}); nothing to cancel.")
             before = job.status
-            handle = Handle(job.pid, job.pid_started) if job.status == "running" else None
+            handle = (Handle(job.pid, job.pid_started, job.handle_name)
+                      if job.status == "running" else None)
             job.status = "cancelled"
             job.reason = f"Cancelled by {caller.name}."
             job.finished_at = utcnow()
@@ -287,7 +318,8 @@ class JobRunner:
 
     def __init__(self, session_factory: sessionmaker, catalog: CatalogStore, backend: JobBackend,
                  tracker: Tracker, jobs_dir: Path, *, tracking_uri: str,
-                 retry_interval: float = 2.0):
+                 retry_interval: float = 2.0, quotas: QuotaService | None = None):
+        self.quotas = quotas or QuotaService(session_factory)
         self.session_factory = session_factory
         self.catalog = catalog
         self.backend = backend
@@ -328,9 +360,10 @@ class JobRunner:
         if stop_jobs:
             with self.session_factory() as session:
                 running = session.scalars(select(Job).where(Job.status == "running")).all()
-                handles = [Handle(j.pid, j.pid_started) for j in running]
+                handles = [Handle(j.pid, j.pid_started, j.handle_name) for j in running]
                 for job in running:
                     job.status, job.pid, job.pid_started = "queued", None, None
+                    job.handle_name = None
                     job.attempt = max(job.attempt - 1, 0)
                     job.reason = "Interrupted by a platform shutdown; it runs again on the next start."
                     self.event(session, job, "requeued", job.reason)
@@ -346,14 +379,18 @@ class JobRunner:
             running = session.scalars(select(Job).where(Job.status == "running")).all()
             for job in running:
                 files = self.files(job.id)
-                handle = Handle(job.pid, job.pid_started)
-                if handle.pid is None:  # died between marking it running and launching it
+                handle = Handle(job.pid, job.pid_started, job.handle_name)
+                if handle.pid is None and handle.name is None:
+                    # died between marking it running and launching it
                     recorded = read_json(files.process) or {}
-                    handle = Handle(recorded.get("pid"), recorded.get("started"))
+                    handle = Handle(recorded.get("pid"), recorded.get("started"),
+                                    recorded.get("name"))
                 if self.backend.alive(handle):
                     job.pid, job.pid_started = handle.pid, handle.started
+                    job.handle_name = handle.name
                     self.event(session, job, "reattached",
-                               f"still running (pid {handle.pid}) after a control-plane restart")
+                               f"still running ({describe_handle(handle)}) after a "
+                               "control-plane restart")
                     self._watch(job.id, handle)
                 else:
                     session.commit()
@@ -379,7 +416,7 @@ class JobRunner:
         pools = {p.slug: p for p in catalog.pools}
         with self.session_factory() as session:
             queued = session.execute(
-                select(Job.id, Job.pool, Job.runtime).where(Job.status == "queued")
+                select(Job.id, Job.pool, Job.runtime, Job.owner).where(Job.status == "queued")
                 .order_by(Job.priority.desc(), Job.created_at, Job.id)
             ).all()
             if not queued:
@@ -391,12 +428,38 @@ class JobRunner:
                 use = running.setdefault(pool, PoolUse())
                 use.jobs += 1
                 use.gpus += int(runtime.get("gpu", 0))
-        waiting = [Waiting(i, pool, int(rt.get("gpu", 0))) for i, pool, rt in queued]
-        later = None
-        for job_id in plan_starts(waiting, running, pools):
+        waiting = [Waiting(i, pool, int(rt.get("gpu", 0)) * int(rt.get("nodes", 1)), owner)
+                   for i, pool, rt, owner in queued]
+        held: dict[str, str] = {}
+        planned: dict[str, list[int]] = {}  # owner → [jobs, GPUs] starting in this round
+        with self.session_factory() as session:
+            def held_back(job: Waiting) -> bool:
+                jobs, gpus = planned.setdefault(job.owner, [0, 0])
+                reason = self.quotas.refusal(session, job.owner, running_jobs=jobs + 1,
+                                             gpus=gpus + job.gpus if job.gpus else 0)
+                if reason:
+                    held[job.job_id] = reason
+                else:
+                    planned[job.owner] = [jobs + 1, gpus + job.gpus]
+                return reason is not None
+
+            starts = plan_starts(waiting, running, pools, held_back)
+        self._say_why_waiting(held)
+        later = self.retry_interval if held else None  # quotas free up without a wake-up
+        for job_id in starts:
             if not await self._start(job_id):
                 later = self.retry_interval
         return later
+
+    def _say_why_waiting(self, held: dict[str, str]) -> None:
+        with self.session_factory() as session:
+            for job_id, reason in held.items():
+                job = session.get(Job, job_id)
+                message = f"Waiting: {reason}"
+                if job is not None and job.status == "queued" and job.reason != message:
+                    job.reason = message
+                    self.event(session, job, "waiting", message)
+            session.commit()
 
     async def _start(self, job_id: str) -> bool:
         """Start one attempt; False when it must wait (the tracking server is not answering)."""
@@ -463,11 +526,12 @@ class JobRunner:
         with self.session_factory() as session:
             job = session.get(Job, job_id)
             job.pid, job.pid_started = handle.pid, handle.started
+            job.handle_name = handle.name
             job.tracking_run_id, job.tracking_experiment_id = run["run_id"], experiment
             cancelled = job.status == "cancelled"
             if not cancelled:
                 self.event(session, job, "started",
-                           f"attempt {attempt} started (pid {handle.pid}, run {run['run_id']})")
+                           f"attempt {attempt} started ({describe_handle(handle)}, run {run['run_id']})")
             session.commit()
         if cancelled:  # cancelled while it was being started
             await self.backend.kill(handle)
@@ -496,7 +560,7 @@ class JobRunner:
             self._watches.pop(job_id, None)
 
     async def kill(self, handle: Handle | None) -> None:
-        if handle is not None and handle.pid:
+        if handle is not None and (handle.pid or handle.name):
             await self.backend.kill(handle)
 
     async def _end_run(self, run_id: str, status: str) -> None:
@@ -540,6 +604,7 @@ class JobRunner:
             claim_models(session, job.owner, models)
             job.progress = read_json(files.progress) or job.progress or {}
             job.pid = job.pid_started = None
+            job.handle_name = None
             runtime = job.runtime
             session.add(UsageRecord(
                 user=job.owner, kind="job", ref=job.id, profile=job.profile,

@@ -1,15 +1,32 @@
 """/api/usage and /api/audit: what was used and what it cost; who changed what (CSV with
-?format=csv). Users see their own; admins see everyone's."""
+?format=csv). Users see their own; admins see everyone's. Also under /api/usage: the cost
+preview (before spawning, submitting or deploying), totals per user, group, month, profile or
+kind, and the cost analysis (waste: idle GPU dev environments, over-provisioned services)."""
 
 from __future__ import annotations
 
-from ..usage.service import AuditPage, UsageReport, to_csv
+from ..errors import InvalidInput
+from ..usage.service import (
+    TOTALS_BY,
+    AuditPage,
+    CostPreview,
+    TotalsReport,
+    UsageReport,
+    preview,
+    to_csv,
+)
+from ..usage.waste import WasteReport, analyse
 from .base import APIHandler, operation
+
+FORMATS = ("json", "csv")
 
 
 class CSVMixin:
     def send_maybe_csv(self, payload, rows, filename: str) -> None:
-        if self.get_query_argument("format", "json") == "csv":
+        chosen = self.get_query_argument("format", "json")
+        if chosen not in FORMATS:
+            raise InvalidInput(f"`format` must be json or csv, not {chosen!r}.")
+        if chosen == "csv":
             self.set_header("Content-Type", "text/csv; charset=UTF-8")
             self.set_header("Content-Disposition", f'attachment; filename="{filename}"')
             self.finish(to_csv(rows))
@@ -43,4 +60,49 @@ class AuditHandler(CSVMixin, APIHandler):
         self.send_maybe_csv(page, page.events, "fermi-audit.csv")
 
 
-routes = [("/api/usage", UsageHandler), ("/api/audit", AuditHandler)]
+class UsagePreviewHandler(APIHandler):
+    @operation("Cost preview: price per hour × hours × replicas of a profile, before spawning a "
+               "dev environment, submitting a job or deploying", response=CostPreview,
+               query={"profile": "profile slug (required)", "hours": "hours, default 1",
+                      "replicas": "copies (deployment replicas), default 1"})
+    def get(self):
+        self.send(preview(self.settings["catalog"].catalog(), self.caller,
+                          self.get_query_argument("profile", None),
+                          self.get_query_argument("hours", None),
+                          self.get_query_argument("replicas", None)))
+
+
+class UsageTotalsHandler(CSVMixin, APIHandler):
+    @operation("Usage totals per user, group, month, profile or kind (admins: everyone's; groups "
+               "from the hub)", response=TotalsReport,
+               query={"by": " | ".join(TOTALS_BY) + " (default user)", "month": "YYYY-MM",
+                      "format": "json (default) or csv"})
+    async def get(self):
+        by = self.get_query_argument("by", "user")
+        month = self.get_query_argument("month", None)
+        groups = None
+        if by == "group" and self.caller.admin:
+            # a bill is read rarely and must be right: groups as the hub has them now
+            view = await self.settings["monitor"].hub.view(max_age=0)
+            groups = view.groups if view.reachable else None
+        report = self.settings["usage"].totals(self.caller, by=by, month=month, groups=groups)
+        if by == "group" and self.caller.admin and groups is None:
+            for row in report.rows:  # without the hub, only the admin's own groups are known
+                if row.key == "(no group)":
+                    row.key = "(groups unknown: the hub did not answer)"
+        self.send_maybe_csv(report, report.rows, f"fermi-usage-by-{by}.csv")
+
+
+class UsageWasteHandler(CSVMixin, APIHandler):
+    @operation("Cost analysis: GPU dev environments idle for hours, GPUs held without a job, "
+               "inference services far below their target; each with the cost at stake and "
+               "what to do (admins: everyone's)", response=WasteReport,
+               query={"format": "json (default) or csv"})
+    async def get(self):
+        report = analyse(await self.settings["monitor"].snapshot(), self.caller)
+        self.send_maybe_csv(report, report.items, "fermi-waste.csv")
+
+
+routes = [("/api/usage", UsageHandler), ("/api/usage/preview", UsagePreviewHandler),
+          ("/api/usage/totals", UsageTotalsHandler), ("/api/usage/waste", UsageWasteHandler),
+          ("/api/audit", AuditHandler)]

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from tornado import web
-from traitlets import Unicode, default, Type
+from traitlets import Enum, Type, Unicode, default
 from traitlets.config import Application
 
 from .. import __version__
@@ -33,15 +33,31 @@ from ..deployments.service import DeploymentController, DeploymentService
 from ..registry.service import ModelRepository
 from ..usage.service import UsageService
 from ..jobs.schedules import ScheduleService
-from . import api_builds, api_catalog, api_deployments, api_jobs, api_models, api_schedules, api_usage
+from ..datasets import DatasetService
+from ..quotas import QuotaService
+from ..workflows import WorkflowService
+from . import api_builds, api_catalog, api_datasets, api_deployments, api_workflows, api_jobs, api_models, api_quotas, api_schedules, api_usage
 from . import admin_pages
+from . import alerts as alerts_api, dashboard
+from ..monitoring.hub import HubClient
+from ..monitoring.state import Monitor
 from .metrics import MetricsHandler
-from .pages import HomeHandler
+from .pages import GuideHandler, HomeHandler
 from .images_page import ImagesPage
 from .openapi import HealthHandler, OpenAPIHandler, build_openapi, tornado_pattern
 
+# the one switch (FermiService.backend / $FERMI_BACKEND) → the job and serving backends
+BACKENDS = {
+    "local": ("fermi_extension.backends.local.jobs.LocalJobBackend",
+              "fermi_extension.backends.local.serving.LocalServingBackend"),
+    "kubernetes": ("fermi_extension.backends.kubernetes.jobs.KubeJobBackend",
+                   "fermi_extension.backends.kubernetes.serving.KubeServingBackend"),
+}
+
 ROUTES = [*api_builds.routes, *api_catalog.routes, *api_jobs.routes, *api_schedules.routes,
-          *api_models.routes, *api_deployments.routes, *api_usage.routes]
+          *api_models.routes, *api_deployments.routes, *api_usage.routes, *api_quotas.routes,
+          *api_datasets.routes, *api_workflows.routes]
+ROUTES += [*dashboard.routes, *alerts_api.routes]  # operating the platform: dashboard, alerts
 
 
 class FermiService(Application):
@@ -83,17 +99,40 @@ class FermiService(Application):
     def _default_tracking_uri(self):
         return os.environ.get("FERMI_TRACKING_URI", "http://127.0.0.1:5000")
 
-    job_backend_class = Type(
-        "fermi_extension.backends.local.jobs.LocalJobBackend",
-        klass=JobBackend,
-        help="Where training jobs run: the local backend (default) or the Kubernetes backend.",
+    backend = Enum(
+        ["local", "kubernetes"],
+        help="""Where the work runs: 'local' (default: processes on this machine) or 'kubernetes'
+        (Jobs, Kueue, Deployments or KServe in the cluster; see docs/kubernetes.md). The one
+        switch: it picks the job and serving backends below unless those are set themselves.
+        Default: $FERMI_BACKEND, else 'local'. Example: c.FermiService.backend = "kubernetes".""",
     ).tag(config=True)
 
-    serving_backend_class = Type(
-        "fermi_extension.backends.local.serving.LocalServingBackend",
-        klass=ServingBackend,
-        help="Where inference services run: local processes (default) or Kubernetes.",
+    @default("backend")
+    def _default_backend(self):
+        value = os.environ.get("FERMI_BACKEND", "local").strip().lower() or "local"
+        if value not in ("local", "kubernetes"):
+            raise ValueError(f"FERMI_BACKEND must be 'local' or 'kubernetes', not {value!r}")
+        return value
+
+    job_backend_class = Type(
+        klass=JobBackend,
+        help="""Where training jobs run (default: from `backend`: LocalJobBackend or
+        fermi_extension.backends.kubernetes.jobs.KubeJobBackend).""",
     ).tag(config=True)
+
+    @default("job_backend_class")
+    def _default_job_backend_class(self):
+        return BACKENDS[self.backend][0]
+
+    serving_backend_class = Type(
+        klass=ServingBackend,
+        help="""Where inference services run (default: from `backend`: LocalServingBackend or
+        fermi_extension.backends.kubernetes.serving.KubeServingBackend).""",
+    ).tag(config=True)
+
+    @default("serving_backend_class")
+    def _default_serving_backend_class(self):
+        return BACKENDS[self.backend][1]
 
     serving_url = Unicode(
         help="""Public URL of the inference router; a deployment's URL is SERVING_URL/NAME
@@ -148,18 +187,30 @@ class FermiService(Application):
         self.tracker = Tracker(self.tracking_uri)
         jobs_dir = Path(self.data_dir) / "jobs"
         warm_up_notebook_validation()
+        self.quotas = QuotaService(self.session_factory)
+        self.datasets = DatasetService(self.session_factory)
         self.runner = JobRunner(self.session_factory, self.catalog, self.job_backend, self.tracker,
-                                jobs_dir, tracking_uri=self.tracking_uri)
+                                jobs_dir, tracking_uri=self.tracking_uri, quotas=self.quotas)
         self.jobs = JobService(self.session_factory, self.catalog, self.job_backend, jobs_dir,
-                               wake=self.runner.wake)
+                               wake=self.runner.wake, quotas=self.quotas, datasets=self.datasets)
         self.schedules = ScheduleService(self.session_factory, self.jobs)
         self.registry = ModelRepository(self.session_factory, self.tracker)
         self.serving_backend = self.serving_backend_class(parent=self)
         self.deployments = DeploymentService(self.session_factory, self.catalog, self.registry,
-                                             self.serving_backend, self.serving_url)
+                                             self.serving_backend, self.serving_url,
+                                             quotas=self.quotas)
         self.controller = DeploymentController(self.session_factory, self.deployments,
                                                self.serving_backend, self.tracker)
         self.deployments.controller = self.controller
+        self.workflows = WorkflowService(self.session_factory, self.jobs, self.deployments)
+
+    def cluster_builder(self):
+        """On Kubernetes, image builds run as Kaniko Jobs; here, with a local builder."""
+        if self.backend != "kubernetes":
+            return None
+        from ..backends.kubernetes.builds import KubeImageBuilder
+
+        return KubeImageBuilder(parent=self)
 
     def make_app(self) -> web.Application:
         prefix = self.prefix.rstrip("/")
@@ -175,7 +226,9 @@ class FermiService(Application):
             (prefix + "/oauth_callback", HubOAuthCallbackHandler),
             (prefix + "/metrics", MetricsHandler),
             *admin_pages.page_routes(prefix),
+            *alerts_api.page_routes(prefix),
             (prefix + "/images/?", ImagesPage),
+            (prefix + "/guide/?", GuideHandler),
             (prefix + "/?", HomeHandler),
         ]
         return web.Application(
@@ -185,10 +238,18 @@ class FermiService(Application):
             jobs=self.jobs,
             runner=self.runner,
             schedules=self.schedules,
+            quotas=self.quotas,
+            datasets=self.datasets,
+            workflows=self.workflows,
             registry=self.registry,
-            builds=BuildService(self.session_factory, Path(self.data_dir) / "builds"),
+            builds=BuildService(self.session_factory, Path(self.data_dir) / "builds",
+                                cluster_builder=self.cluster_builder()),
             deployments=self.deployments,
             usage=UsageService(self.session_factory),
+            # one platform snapshot for metrics, dashboard, cost analysis and alerts; reads the
+            # hub's users and servers with this service's token
+            monitor=Monitor(self.session_factory, self.catalog, self.deployments,
+                            HubClient(hub_auth.api_url, hub_auth.api_token)),
             catalog=self.catalog,
             job_backend=self.job_backend,
             openapi=self.openapi,
@@ -202,6 +263,7 @@ class FermiService(Application):
         await self.runner.start()
         await self.controller.start()
         scheduling = asyncio.create_task(self.schedules.run())
+        orchestrating = asyncio.create_task(self.workflows.run())
         url = urlparse(self.service_url)
         server = self.make_app().listen(url.port, url.hostname, xheaders=True)
         self.log.info("Fermi control plane listening on %s%s", self.service_url, self.prefix)
@@ -213,8 +275,12 @@ class FermiService(Application):
         self.log.info("Stopping: running jobs are stopped and queued again for the next start")
         server.stop()
         scheduling.cancel()
-        await self.runner.stop(stop_jobs=True)
-        await self.controller.stop(stop_all=True)
+        orchestrating.cancel()
+        # on one machine Ctrl-C means "stop everything"; on Kubernetes a hub pod restarting
+        # (a rollout) must leave jobs and inference services running, to be re-attached
+        stop_work = self.backend != "kubernetes"
+        await self.runner.stop(stop_jobs=stop_work)
+        await self.controller.stop(stop_all=stop_work)
         await self.tracker.close()
 
     def start(self) -> None:

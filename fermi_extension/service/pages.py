@@ -1,51 +1,50 @@
-"""Pages of the control plane for people (hub login through OAuth). The dashboard grows here."""
+"""Pages of the control plane for people (hub login through OAuth): the dashboard (仪表盘) at
+the service's root, and the usage guide."""
 
 from __future__ import annotations
 
-import html
-
-from sqlalchemy import func, select
 from tornado import web
 
-from ..db import Job
+from .admin_pages import AdminPage
 from .base import APIHandler
+from .dashboard import STYLE, dashboard_for, render
 
 
-class HomeHandler(APIHandler):
-    """The platform's landing page: who you are, your jobs, where the API is."""
+class HomeHandler(AdminPage):
+    """The dashboard: quick-create entries, your environments, jobs, services, pools and cost;
+    admins also see the platform. Its figures are those of ``GET api/dashboard``."""
 
-    def prepare(self) -> None:  # a page redirects to the hub login instead of answering 401
+    @web.authenticated
+    async def get(self):
+        dashboard, waste = await dashboard_for(self)
+        self.page("Dashboard / 仪表盘", render(dashboard, waste, self.settings["prefix"]),
+                  head=f"<style>{STYLE}</style>")
+
+
+class GuideHandler(APIHandler):
+    """The usage guide (docs/guide.md, docs/guide.zh.md) as a page: which module for which
+    work. Linked from every guide card; `?lang=zh` or the browser's language picks Chinese."""
+
+    def prepare(self) -> None:
         pass
 
     @web.authenticated
     def get(self):
-        caller = self.caller
-        with self.settings["jobs"].session_factory() as session:
-            counts = dict(session.execute(
-                select(Job.status, func.count()).where(Job.owner == caller.name).group_by(Job.status)
-            ).all())
-        prefix = self.settings["prefix"]
-        rows = "".join(
-            f"<tr><td>{html.escape(status)}</td><td>{counts.get(status, 0)}</td></tr>"
-            for status in ("queued", "running", "succeeded", "failed", "cancelled")
-        )
-        admin_link = (f' · <a href="{prefix}admin/catalog">Image catalogue / 镜像管理 (admin)</a>'
-                      if caller.admin else "")
+        import mistune
+
+        from ..paths import shipped
+
+        lang = self.get_query_argument("lang", None)
+        if lang is None:
+            lang = "zh" if self.request.headers.get("Accept-Language", "").lower().startswith("zh") else "en"
+        name = "guide.zh.md" if lang.startswith("zh") else "guide.md"
+        body = mistune.html((shipped("docs") / name).read_text())
+        other = ("English", "en") if lang.startswith("zh") else ("简体中文", "zh")
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.finish(f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Fermi 费米集群</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem}}
-.card{{border-radius:.6rem;padding:1rem 1.2rem;margin:1rem 0;color:#fff;
-background:linear-gradient(90deg,#16a34a,#2563eb)}}table{{border-collapse:collapse}}
-td{{padding:.2rem 1rem .2rem 0}}code{{background:#f3f4f6;padding:.1rem .3rem}}</style></head>
-<body><h1>Fermi 费米集群</h1>
-<p>Signed in as <b>{html.escape(caller.name)}</b>{' (admin)' if caller.admin else ''}.
-<a href="/hub/home">Dev environments / 开发环境</a>{admin_link}</p>
-<div class="card"><b>Training jobs / 训练任务</b> — batch runs of a notebook: queued, tracked,
-resources freed at the end. 批处理训练作业：自动排队、实验追踪、完成后自动释放资源。</div>
-<table>{rows}</table>
-<p>API: <code>{prefix}api/</code> · <a href="{prefix}api/openapi.json">OpenAPI</a> ·
-submit from a terminal: <code>fermi jobs submit train.ipynb -p C 0.5 --wait</code></p>
-</body></html>""")
-
-
+<html lang="{'zh-CN' if lang.startswith('zh') else 'en'}"><head><meta charset="utf-8">
+<title>Fermi — usage guide / 使用指南</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:56rem;margin:2rem auto;padding:0 1rem;
+line-height:1.5}}table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:.3rem .6rem}}
+code{{background:#f3f4f6;padding:.1rem .3rem}}</style></head>
+<body><p><a href="?lang={other[1]}">{other[0]}</a></p>{body}</body></html>""")

@@ -290,6 +290,9 @@ class _PandasBlocker:
         return None
 
 
+SKOPS_SCAN_SKIPS = ("sklearn.externals.array_api_compat.torch",)
+
+
 def block_pandas() -> None:
     if "pandas" not in sys.modules and _PandasBlocker not in sys.meta_path:
         sys.meta_path.insert(0, _PandasBlocker)
@@ -341,6 +344,12 @@ class SklearnPredictor(Predictor):
             )
         form = conf.get("serialization_format", "pickle")
         if form == "skops":
+            # skops imports every module of scikit-learn to learn its types, and one of them
+            # (the array-API shim for torch) imports all of torch where torch is installed:
+            # +100 MB per replica for nothing an sklearn model uses. Skipped modules are ones
+            # skops' own scan tolerates failing to import.
+            for module in SKOPS_SCAN_SKIPS:
+                sys.modules.setdefault(module, None)
             import skops.io
 
             self.model = skops.io.load(model_file, trusted=conf.get("skops_trusted_types"))

@@ -24,6 +24,7 @@ from traitlets.config import LoggingConfigurable
 from fermi_extension.catalog.model import Catalog, Image, Pool, Profile
 from fermi_extension.catalog.store import CatalogStore
 from fermi_extension.db import UsageRecord, make_session_factory, utcnow
+from fermi_extension.errors import FermiError
 
 from .options import (
     ImageView,
@@ -126,6 +127,12 @@ class FermiSpawnerMixin(LoggingConfigurable):
     def user_is_admin(self) -> bool:
         return bool(getattr(self.user, "admin", False))
 
+    def caller(self):
+        """The user as the platform's checks (quotas, datasets) see them."""
+        from fermi_extension.caller import Caller
+
+        return Caller(self.user.name, self.user_is_admin(), tuple(sorted(self.user_groups())))
+
     # -- options ---------------------------------------------------------------------------------
 
     @default("options_form")
@@ -181,6 +188,8 @@ class FermiSpawnerMixin(LoggingConfigurable):
         except Refused as error:
             self.log.info("Refusing to start %s: %s", self._log_name, error.message)
             raise spawn_error(error.status, error.message) from None
+        self.check_quota(resolved.profile.gpu)
+        resolved.spec.datasets = self.resolve_datasets(resolved.datasets)
         for notice in resolved.notices:
             self.log.warning("%s: %s", self._log_name, notice)
         self.fermi = resolved
@@ -188,6 +197,28 @@ class FermiSpawnerMixin(LoggingConfigurable):
         self.user_options = resolved.user_options
         self.apply_choice(resolved)
         return resolved
+
+    def resolve_datasets(self, refs: list[str]):
+        """The datasets to attach, with the same access rules as a job's (``datasets.py``)."""
+        if not refs:
+            return []
+        from fermi_extension.datasets import DatasetService
+
+        try:
+            return DatasetService(self.platform_sessions()).resolve(self.caller(), refs)
+        except FermiError as error:
+            raise spawn_error(error.status, error.message) from None
+
+    def check_quota(self, gpus: int) -> None:
+        """The user's and their groups' quotas (GPUs at once, spend this month) — the same
+        check as submitting a job or deploying, on the same database."""
+        from fermi_extension.quotas import QuotaService
+
+        try:
+            QuotaService(self.platform_sessions()).admit(self.caller(), gpus=gpus)
+        except FermiError as error:
+            self.log.info("Refusing to start %s: %s", self._log_name, error.message)
+            raise spawn_error(error.status, error.message) from None
 
     def get_env(self):
         env = super().get_env()
@@ -198,6 +229,8 @@ class FermiSpawnerMixin(LoggingConfigurable):
                 "FERMI_IMAGE": spec.image,
                 "FERMI_IMAGE_VERSION": spec.image_version or "",
                 "FERMI_PRICE_PER_HOUR": f"{spec.price_per_hour:g}",
+                **spec.env,
+                **{mount.env: mount.location for mount in spec.datasets},
             })
         return env
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import Dict, Float, List, Unicode, default
@@ -18,6 +19,7 @@ from fermi_extension.backends.local.gpus import (
 )
 from fermi_extension.catalog.model import Image, Pool, Profile, gpus, parse_memory_bytes
 
+from fermi_extension.datasets import link_datasets
 from .base import FermiSpawnerMixin, spawn_error
 from .options import ProfileView, Resolved
 
@@ -173,5 +175,7 @@ class FermiLocalSpawner(FermiSpawnerMixin, SimpleLocalProcessSpawner):
         if self.fermi is not None:
             # empty for a CPU profile: no GPU visible, so none handed to someone else is used
             env["CUDA_VISIBLE_DEVICES"] = visible_devices(getattr(self, "fermi_devices", []))
+            # attached datasets appear at datasets/NAME in the home folder (as in a job's)
+            env.update(link_datasets(Path(self.home_dir), self.fermi.spec.datasets))
         return env
 

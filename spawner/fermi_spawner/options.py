@@ -32,7 +32,7 @@ from typing import Any, Callable
 from fermi_extension.catalog.model import Catalog, Image, Profile, gpus
 from fermi_extension.spec import RuntimeSpec, runtime_spec
 
-OPTION_KEYS = ("profile", "image", "image_version")
+OPTION_KEYS = ("profile", "image", "image_version", "datasets")
 Check = Callable[..., "tuple[bool, str | None]"]
 
 
@@ -54,12 +54,15 @@ class Resolved:
     version: str | None
     spec: RuntimeSpec
     notices: list[str] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=list)  # references, checked by the spawner
 
     @property
     def user_options(self) -> dict[str, str]:
         options = {"profile": self.profile.slug, "image": self.image.slug}
         if self.version:
             options["image_version"] = self.version
+        if self.datasets:
+            options["datasets"] = ",".join(self.datasets)
         return options
 
 
@@ -192,7 +195,20 @@ def resolve(catalog: Catalog, options: Any, *, groups: set[str] | frozenset[str]
         notices.append(f"Your saved version {wanted_version!r} of image {image.slug!r} is no "
                        f"longer offered: starting with {version!r} instead.")
 
-    return Resolved(profile, image, version, runtime_spec(image, profile, version), notices)
+    return Resolved(profile, image, version, runtime_spec(image, profile, version), notices,
+                    dataset_refs(options.get("datasets")))
+
+
+def dataset_refs(value: Any) -> list[str]:
+    """``"wine, images:2"`` (the form) or ``["wine", "images:2"]`` (the REST API)."""
+    if value in (None, ""):
+        return []
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise Refused(400, "user_options.datasets must be dataset names, e.g. "
+                           '"wine,images:2" or ["wine", "images:2"].')
+    return [v.strip() for v in value if v.strip()]
 
 
 def options_from_form(formdata: dict[str, list]) -> dict[str, str]:
@@ -350,6 +366,13 @@ def render_form(profiles: list[ProfileView], images: list[ImageView],
 <select class="form-select" name="image_version" id="fermi-version">{''.join(version_groups)}</select>
 <p id="fermi-image-description" class="fermi-desc"></p>
 <p id="fermi-image-warning" class="fermi-warn"></p>
+</fieldset>
+<fieldset><legend>Datasets / 数据集</legend>
+<label for="fermi-datasets">Attach datasets (comma-separated, e.g. <code>wine</code> or
+<code>wine:2</code>); each appears at <code>datasets/NAME</code> in your home folder /
+挂载数据集（逗号分隔），出现在主目录的 <code>datasets/名称</code></label>
+<input class="form-control" name="datasets" id="fermi-datasets"
+ value="{_esc(selected.get("datasets") or "")}" placeholder="wine, images:2">
 </fieldset>
 <script type="application/json" id="fermi-images">{data}</script>
 <script>

@@ -391,3 +391,21 @@ def test_admin_retry_keeps_the_owner_and_audits_the_admin(service, session_facto
             select(AuditEvent.actor).where(AuditEvent.target_id == new.id)
         ).all()
     assert "root" in audited
+
+
+def test_an_image_version_is_pinned_or_refused_with_the_choices(service, session_factory):
+    job = service.submit(ALICE, request(image="pytorch", image_version="cuda12-2025-06-30"))
+    with session_factory() as session:
+        assert session.get(Job, job.id).runtime["image_version"] == "cuda12-2025-06-30"
+    with pytest.raises(InvalidInput, match="no version '9.9'; choose one of"):
+        service.submit(ALICE, request(image="pytorch", image_version="9.9"))
+
+
+def test_distributed_training_is_refused_where_jobs_run_on_one_node(service, session_factory):
+    with pytest.raises(Unprocessable, match="needs the Kubernetes backend"):
+        service.submit(ALICE, request(nodes=2))
+    assert count(session_factory, Job) == 0
+    service.backend.max_nodes = 4  # a backend that spans nodes gets the ranks in the spec
+    job = service.submit(ALICE, request(nodes=4))
+    with session_factory() as session:
+        assert session.get(Job, job.id).runtime["nodes"] == 4

@@ -89,6 +89,27 @@ def _shm(runtime: RuntimeSpec) -> tuple[list[dict], list[dict]]:
             [{"name": "dshm", "mountPath": "/dev/shm"}])
 
 
+def _datasets(runtime: RuntimeSpec, workdir: str) -> tuple[list[dict], list[dict], dict]:
+    """Attached dataset versions: a volume (pvc://CLAIM/SUBPATH) is mounted read-only at
+    ``datasets/NAME`` in the working folder; an s3:// location is handed over as it is. Either
+    way ``$ENV`` says where it is. (Paths on the control plane's machine are refused earlier.)"""
+    volumes, mounts, env = [], [], {}
+    for index, mount in enumerate(getattr(runtime, "datasets", None) or []):
+        if mount.kind == "volume" and mount.location.startswith("pvc://"):
+            claim, _, subpath = mount.location[len("pvc://"):].partition("/")
+            target = f"{workdir}/datasets/{mount.name}"
+            volumes.append({"name": f"dataset-{index}",
+                            "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+            entry = {"name": f"dataset-{index}", "mountPath": target, "readOnly": True}
+            if subpath.strip("/"):
+                entry["subPath"] = subpath.strip("/")
+            mounts.append(entry)
+            env[mount.env] = target
+        elif mount.kind == "s3":
+            env[mount.env] = mount.location
+    return volumes, mounts, env
+
+
 # -- training jobs ----------------------------------------------------------------------------
 
 
@@ -104,10 +125,12 @@ def job_labels(job_id: str, owner: str, runtime: RuntimeSpec) -> dict:
 
 def make_job(job_id: str, owner: str, runtime: RuntimeSpec, cluster: Cluster, *,
              parameters: dict | None = None, env: dict[str, str] | None = None,
-             timeout_seconds: int | None = None, nodes: int = 1) -> list[dict]:
+             timeout_seconds: int | None = None, nodes: int = 1,
+             name: str | None = None) -> list[dict]:
     """The batch/v1 Job running papermill on the job's snapshot (and, for ``nodes`` > 1, the
-    headless Service its indexed pods rendezvous through, torchrun-style)."""
-    name = job_name(job_id)
+    headless Service its indexed pods rendezvous through, torchrun-style). ``name``: the
+    attempt's object name (default ``job_name(job_id)``)."""
+    name = name or job_name(job_id)
     labels = job_labels(job_id, owner, runtime)
     if cluster.storage.kind == "s3":
         folder = f"{cluster.storage.s3_prefix.rstrip('/')}/{job_id}"
@@ -145,7 +168,16 @@ def make_job(job_id: str, owner: str, runtime: RuntimeSpec, cluster: Cluster, *,
         "env": _env(variables),
         "resources": resources(runtime),
         "volumeMounts": mounts + shm_mounts,
+        # a failing notebook's last log lines (papermill's error) become the pod's termination
+        # message, which the backend turns into the job's reason
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    dataset_volumes, dataset_mounts, dataset_env = _datasets(runtime, workdir)
+    if dataset_mounts:
+        container["volumeMounts"] = container["volumeMounts"] + dataset_mounts
+        volumes = volumes + dataset_volumes
+    if dataset_env:
+        container["env"] = _env({**variables, **dataset_env})
     if cluster.storage.kind == "s3" and cluster.storage.s3_secret:
         container["envFrom"] = [{"secretRef": {"name": cluster.storage.s3_secret}}]
     pod_spec = {
@@ -170,6 +202,8 @@ def make_job(job_id: str, owner: str, runtime: RuntimeSpec, cluster: Cluster, *,
         spec["suspend"] = True
     objects = []
     if nodes > 1:
+        # the label tells the backend to delete the rendezvous Service with the Job
+        metadata["labels"]["fermi.io/nodes"] = str(nodes)
         spec.update({"completionMode": "Indexed", "completions": nodes, "parallelism": nodes})
         pod_spec["subdomain"] = name
         objects.append({
@@ -334,8 +368,9 @@ def make_inference_service(stable: ServingRevision, runtime: RuntimeSpec, cluste
                            canary: ServingRevision | None = None,
                            canary_percent: int = 0) -> dict:
     """A KServe InferenceService (v1beta1) in Standard (raw deployment) mode, V2 protocol.
-    KServe's canary: the spec names the new model and ``canaryTrafficPercent``; KServe keeps
-    the previous revision serving the rest."""
+    ``canary``: the spec names the new model and ``canaryTrafficPercent`` — for review only:
+    KServe honours a canary split in its Serverless mode alone, so the Kubernetes backend runs
+    one InferenceService per revision and splits traffic in Fermi's router."""
     current = canary or stable
     predictor: dict = {
         "minReplicas": min_replicas,

@@ -14,7 +14,8 @@ from ...db import make_session_factory
 from ...jobs.backend import Handle, JobBackend, JobLaunch, Outcome
 from ...jobs.files import JobFiles, read_json
 from ...processes import identity, is_alive, kill_tree
-from ...spec import RuntimeSpec
+from ...datasets import link_datasets
+from ...spec import DatasetMount, RuntimeSpec
 from .gpus import GpuAllocator, gpu_availability, gpu_inventory, job_holder, visible_devices
 
 # what a job must never inherit from the control plane: its hub token and the admin token
@@ -69,6 +70,12 @@ class LocalJobBackend(JobBackend):
     def availability(self, profile: Profile, pool: Pool) -> tuple[bool, str | None]:
         return gpu_availability(profile, self.gpu_count)
 
+    def dataset_refusal(self, mount: DatasetMount) -> str | None:
+        if mount.kind == "volume":
+            return (f"Dataset {mount.name!r} version {mount.version} is a Kubernetes volume "
+                    f"({mount.location}); on this machine attach a version that is a path.")
+        return None
+
     async def reserve(self, job_id: str, runtime: RuntimeSpec) -> None:
         """Claim the attempt's GPUs before anything else is made for it; raises
         ``gpus.NoGpuFree`` (an ``errors.Unavailable``) while none is free: the job waits."""
@@ -92,6 +99,7 @@ class LocalJobBackend(JobBackend):
     async def launch(self, launch: JobLaunch) -> Handle:
         files = launch.files
         files.reset_attempt()
+        dataset_env = link_datasets(files.workdir, launch.runtime.datasets)
         holder = job_holder(launch.job_id)
         devices = self.gpus.allocate(holder, launch.runtime.gpu, self.gpu_devices)
         request = {
@@ -99,7 +107,7 @@ class LocalJobBackend(JobBackend):
             "job_dir": str(files.root),
             "kernel": launch.runtime.kernel,
             "parameters": launch.parameters,
-            "env": {**job_base_env(), **launch.runtime.env, **launch.env,
+            "env": {**job_base_env(), **launch.runtime.env, **dataset_env, **launch.env,
                     "CUDA_VISIBLE_DEVICES": visible_devices(devices)},
         }
         try:
@@ -177,3 +185,4 @@ class LocalJobBackend(JobBackend):
                 await asyncio.wait_for(self._launcher.wait(), 5)
             except asyncio.TimeoutError:
                 self._launcher.kill()
+

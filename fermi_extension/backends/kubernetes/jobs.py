@@ -1,0 +1,295 @@
+"""Training jobs as Kubernetes Jobs: papermill in the catalogue image, sized by the profile,
+queued through Kueue where the cluster has it, watched (one watch for all jobs, never a poll
+per job), cancelled by deletion with propagation, logs streamed from the pod.
+
+Each attempt is its own Job (``fermi-job-ID-XXXX``), named in the attempt's handle, so a
+restarted control plane finds it again from the database (and from ``process.json`` in the
+job folder for the instant between creating it and recording it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+
+from traitlets import Int
+
+from ...catalog.model import Pool, Profile
+from ...jobs.backend import Handle, JobBackend, JobLaunch, Outcome
+from ...jobs.files import JobFiles, read_json, write_json_atomic
+from .client import KubeClient, KubeError
+from .objects import MANAGED_BY, job_name, make_job
+from .settings import KubernetesSettings
+from .storage import PvcStorage, S3Storage
+from .watch import Informer
+
+JOB_LABELS = {**MANAGED_BY, "app.kubernetes.io/component": "training-job"}
+JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+DISRUPTED = ("Evicted", "Preempting", "NodeLost", "Shutdown", "NodeShutdown", "Terminated")
+
+
+def trim_job(obj: dict) -> dict:
+    meta = obj.get("metadata") or {}
+    return {"metadata": {k: meta[k] for k in ("name", "labels", "resourceVersion",
+                                               "deletionTimestamp") if k in meta},
+            "spec": {"suspend": (obj.get("spec") or {}).get("suspend", False)},
+            "status": obj.get("status") or {}}
+
+
+def trim_pod(obj: dict) -> dict:
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    return {"metadata": {k: meta[k] for k in ("name", "labels", "resourceVersion") if k in meta},
+            "status": {k: status[k] for k in ("phase", "reason", "message", "conditions",
+                                              "containerStatuses") if k in status}}
+
+
+def ended_condition(obj: dict) -> dict | None:
+    """The Job's Complete or Failed condition, once it has one."""
+    for condition in (obj.get("status") or {}).get("conditions") or []:
+        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
+            return condition
+    return None
+
+
+def notebook_error(message: str) -> str | None:
+    """The exception papermill reported, from the last lines of a failed pod's log."""
+    for line in reversed(message.strip().splitlines()):
+        line = line.strip()
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*", line) and \
+                not line.startswith("papermill.exceptions.PapermillExecutionError"):
+            return line
+    return None
+
+
+class KubeJobBackend(KubernetesSettings, JobBackend):
+    """Jobs as batch/v1 Jobs in ``namespace`` (settings: ``KubernetesSettings``)."""
+
+    max_nodes = 64  # an indexed Job with one pod per rank (objects.make_job)
+
+    log_streams = Int(
+        200, help="Most job logs followed live at once (one streaming request each); beyond, a "
+                  "job's log is read once when it ends.",
+    ).tag(config=True)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.client: KubeClient | None = None
+        self.jobs: Informer | None = None
+        self.pods: Informer | None = None
+        self._followers: dict[str, asyncio.Task] = {}
+        self._concluding: dict[str, asyncio.Task] = {}
+        self._pod_names: dict[str, str] = {}  # job name → its pod's name
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.client is not None:
+            return
+        self.client = await self.connect()
+        use_kueue = self.kueue == "on" or (self.kueue == "auto" and await self.client.has("LocalQueue"))
+        self.kube_cluster = self.cluster(use_kueue=use_kueue)
+        self.store = (S3Storage(self.s3_prefix, self.s3_endpoint_url) if self.storage == "s3"
+                      else PvcStorage())
+        self.jobs = Informer(self.client, "Job", self.namespace, JOB_LABELS, trim=trim_job,
+                             timeout_seconds=self.watch_timeout_seconds)
+        self.pods = Informer(self.client, "Pod", self.namespace, JOB_LABELS, trim=trim_pod,
+                             timeout_seconds=self.watch_timeout_seconds)
+        self.pods.listeners.append(self._index_pod)
+        await asyncio.gather(self.jobs.start(), self.pods.start())
+        self.log.info("Kubernetes jobs in namespace %s (Kueue: %s, storage: %s)", self.namespace,
+                      "on" if use_kueue else "off", self.storage)
+
+    async def close(self) -> None:
+        for task in [*self._followers.values(), *self._concluding.values()]:
+            task.cancel()
+        await asyncio.gather(*self._followers.values(), *self._concluding.values(),
+                             return_exceptions=True)
+        await self.disconnect(self.jobs, self.pods)
+
+    def dataset_refusal(self, mount) -> str | None:
+        if mount.kind == "path":
+            return (f"Dataset {mount.name!r} version {mount.version} is a folder on the control "
+                    f"plane's machine ({mount.location}), which job pods cannot see; attach a "
+                    "version that is a volume (pvc://CLAIM/SUBPATH) or s3://.")
+        return None
+
+    def availability(self, profile: Profile, pool: Pool) -> tuple[bool, str | None]:
+        return True, None  # the cluster's scheduler (and Kueue's quotas) decide where and when
+
+    # -- attempts -------------------------------------------------------------------------------
+
+    async def launch(self, launch: JobLaunch) -> Handle:
+        name = f"{job_name(launch.job_id)}-{secrets.token_hex(2)}"
+        files = launch.files
+        files.reset_attempt()
+        await self.store.deliver(files, launch.job_id)
+        # pods reach the tracking server at its in-cluster address, not the control plane's
+        env = {k: v for k, v in launch.env.items() if k != "MLFLOW_TRACKING_URI"}
+        objects = make_job(launch.job_id, launch.owner, launch.runtime, self.kube_cluster,
+                           parameters=launch.parameters, env=env, name=name,
+                           nodes=launch.runtime.nodes)
+        write_json_atomic(files.process, {"pid": None, "started": None, "name": name})
+        for obj in objects:
+            created = await self.client.create(obj)
+            if obj["kind"] == "Job":
+                self.jobs.remember(created or obj)
+        return Handle(None, None, name)
+
+    def alive(self, handle: Handle) -> bool:
+        if not handle.name or self.jobs is None:
+            return False
+        obj = self.jobs.get(handle.name)
+        return obj is not None and ended_condition(obj) is None
+
+    async def wait(self, handle: Handle, files: JobFiles, timeout: float | None) -> Outcome:
+        name = handle.name
+        if name and len(self._followers) < self.log_streams and name not in self._followers:
+            self._followers[name] = asyncio.create_task(self._follow_log(name, files))
+        ended = await self.jobs.wait_for(
+            name, lambda obj: obj is None or ended_condition(obj) is not None, timeout)
+        if not ended:
+            await self.kill(handle)
+            return Outcome("failed", f"Timed out after {timeout:.0f} s and was stopped.")
+        return await self._conclude(name, files)
+
+    async def kill(self, handle: Handle) -> None:
+        if handle.name:
+            await self._delete_attempt(handle.name)
+
+    def outcome(self, files: JobFiles) -> Outcome:
+        result = read_json(files.result)
+        if result is not None:
+            return Outcome(result["status"], result.get("reason"), result.get("lost", False))
+        name = (read_json(files.process) or {}).get("name")
+        if not name:
+            return Outcome("failed", "The job never reached the cluster.", lost=True)
+        outcome = self._outcome_of(name, self.jobs.get(name) if self.jobs else None)
+        if self.client is not None and name not in self._concluding:  # log, output, clean-up
+            self._concluding[name] = asyncio.get_running_loop().create_task(
+                self._conclude(name, files))
+        return outcome
+
+    async def _conclude(self, name: str, files: JobFiles) -> Outcome:
+        """How the attempt ended, with its full log and output collected; then its Job goes."""
+        try:
+            obj = self.jobs.get(name)
+            outcome = self._outcome_of(name, obj)
+            follower = self._followers.pop(name, None)
+            if follower is not None:
+                follower.cancel()
+            pod = self._pod_of(name)
+            if pod is not None:
+                try:
+                    text = await self.client.logs(self.namespace, pod["metadata"]["name"],
+                                                  container="notebook")
+                    files.log.write_text(text)
+                except KubeError as error:
+                    self.log.warning("could not read the log of %s: %s", name, error)
+            job_id = (obj or {}).get("metadata", {}).get("labels", {}).get("fermi.io/job-id") \
+                or files.root.name
+            try:
+                await self.store.collect(files, job_id)
+            except Exception as error:
+                self.log.warning("could not collect the output of %s: %s", name, error)
+            write_json_atomic(files.result, {"status": outcome.status, "reason": outcome.reason,
+                                             "lost": outcome.lost})
+            if self.delete_finished and obj is not None:
+                await self._delete_attempt(name)
+            return outcome
+        finally:
+            self._concluding.pop(name, None)
+
+    async def _delete_attempt(self, name: str) -> None:
+        """The Job with its pods, and a distributed job's rendezvous Service (not a dependent)."""
+        obj = self.jobs.get(name) if self.jobs is not None else None
+        await self.client.delete("Job", self.namespace, name, "Background")
+        if obj is not None and "fermi.io/nodes" in ((obj.get("metadata") or {}).get("labels") or {}):
+            await self.client.delete("Service", self.namespace, name)
+
+    def _index_pod(self, kind: str, pod: dict) -> None:
+        """Keep job name → pod name current (a lookup per job, not a scan of all pods)."""
+        labels = pod["metadata"].get("labels", {})
+        job = next((labels[k] for k in JOB_NAME_LABELS if k in labels), None)
+        if job is None:
+            return
+        if kind == "DELETED":
+            if self._pod_names.get(job) == pod["metadata"]["name"]:
+                del self._pod_names[job]
+        else:
+            self._pod_names[job] = pod["metadata"]["name"]
+
+    def _pod_of(self, name: str) -> dict | None:
+        pod = self.pods.get(self._pod_names.get(name, ""))
+        if pod is None:  # not indexed yet (listed before the index existed): look
+            found = [p for p in self.pods.objects.values()
+                     if any(p["metadata"].get("labels", {}).get(k) == name
+                            for k in JOB_NAME_LABELS)]
+            pod = found[-1] if found else None
+        return pod
+
+    def _outcome_of(self, name: str, obj: dict | None) -> Outcome:
+        if obj is None:
+            return Outcome("failed", f"The Kubernetes Job {name} was deleted outside the platform "
+                                     "before it ended.", lost=True)
+        condition = ended_condition(obj) or {}
+        if condition.get("type") == "Complete":
+            return Outcome("succeeded")
+        pod = self._pod_of(name)
+        status = (pod or {}).get("status", {})
+        disrupted = next((c for c in status.get("conditions") or []
+                          if c.get("type") == "DisruptionTarget" and c.get("status") == "True"),
+                         None)
+        if status.get("reason") in DISRUPTED or disrupted:
+            why = status.get("message") or (disrupted or {}).get("message") or status.get("reason")
+            return Outcome("failed", f"The job's pod was stopped by the cluster "
+                                     f"({status.get('reason') or disrupted.get('reason')}: {why}).",
+                           lost=True)
+        if condition.get("reason") == "DeadlineExceeded":
+            return Outcome("failed", "Timed out (the Job's activeDeadlineSeconds) and was stopped.")
+        for container in status.get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            if terminated.get("reason") == "OOMKilled":
+                return Outcome("failed", "The notebook ran out of memory (its profile's limit) "
+                                         "and was killed. Choose a larger profile.")
+            error = notebook_error(terminated.get("message") or "")
+            if error:
+                return Outcome("failed", f"The notebook raised {error}")
+            if terminated:
+                return Outcome("failed", f"papermill exited with code {terminated.get('exitCode')}"
+                                         f" ({terminated.get('reason', 'Error')}); see the log.")
+        if pod is None:
+            return Outcome("failed", f"The job's pod disappeared ({condition.get('reason')}: "
+                                     f"{condition.get('message')}).", lost=True)
+        return Outcome("failed", f"{condition.get('reason', 'Failed')}: "
+                                 f"{condition.get('message', 'the Job failed')}")
+
+    async def _follow_log(self, name: str, files: JobFiles) -> None:
+        """Stream the pod's log into the job folder while it runs (the final log replaces it)."""
+        try:
+            while True:
+                pod = self._pod_of(name)
+                if pod is not None and pod["status"].get("phase") in ("Running", "Succeeded",
+                                                                      "Failed"):
+                    break
+                if self.jobs.get(name) is None:
+                    return
+                await asyncio.sleep(1)  # reads the watch cache, not the API
+            path = f"/api/v1/namespaces/{self.namespace}/pods/{pod['metadata']['name']}/log"
+            response = await self.client._send(
+                "GET", path, query={"follow": "true", "container": "notebook"}, timeout=None)
+            async with response:
+                if response.status != 200:
+                    return
+                with files.log.open("ab") as out:
+                    async for chunk in response.content.iter_any():
+                        out.write(chunk)
+                        out.flush()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self.log.debug("log stream of %s ended: %r", name, error)
+        finally:
+            if self._followers.get(name) is asyncio.current_task():
+                self._followers.pop(name, None)

@@ -1,0 +1,125 @@
+"""The settings the Kubernetes backends share (configure them once as ``c.KubernetesSettings.*``;
+traitlets applies a base class's section to every backend that inherits it)."""
+
+from __future__ import annotations
+
+import os
+
+from traitlets import Bool, Enum, Int, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from .client import KubeClient
+from .objects import Cluster, Storage
+
+
+class KubernetesSettings(LoggingConfigurable):
+    kubeconfig = Unicode(
+        help="""Kubeconfig file of the cluster. Default: $FERMI_KUBECONFIG; empty means the
+        in-cluster service account when the control plane runs in a pod, else $KUBECONFIG or
+        ~/.kube/config. Example: /etc/fermi/kubeconfig""",
+    ).tag(config=True)
+
+    @default("kubeconfig")
+    def _default_kubeconfig(self):
+        return os.environ.get("FERMI_KUBECONFIG", "")
+
+    context = Unicode("", help="Kubeconfig context to use (default: its current context).").tag(
+        config=True)
+
+    namespace = Unicode(
+        help="Namespace where jobs, builds and inference services run (default: $FERMI_NAMESPACE "
+             "or 'fermi').",
+    ).tag(config=True)
+
+    @default("namespace")
+    def _default_namespace(self):
+        return os.environ.get("FERMI_NAMESPACE", "fermi")
+
+    service_account = Unicode(
+        "fermi-workload",
+        help="ServiceAccount of job and model-server pods (no API rights needed; see "
+             "hub_config/helm/rbac.yaml). Default: fermi-workload.",
+    ).tag(config=True)
+
+    cluster_tracking_uri = Unicode(
+        help="""The MLflow tracking server as pods reach it (default: $FERMI_KUBE_TRACKING_URI or
+        http://fermi-tracking:5000, the Service the Helm values create).""",
+    ).tag(config=True)
+
+    @default("cluster_tracking_uri")
+    def _default_cluster_tracking_uri(self):
+        return os.environ.get("FERMI_KUBE_TRACKING_URI", "http://fermi-tracking:5000")
+
+    storage = Enum(
+        ["pvc", "s3"], default_value="pvc",
+        help="""How notebooks reach job pods and outputs come back. 'pvc' (default): the control
+        plane's jobs folder is a ReadWriteMany PersistentVolumeClaim (``jobs_claim``) that job
+        pods mount too. 's3': the snapshot is uploaded to ``s3_prefix`` and papermill reads and
+        writes s3:// paths itself (needs boto3 in the control plane and the job images).""",
+    ).tag(config=True)
+
+    jobs_claim = Unicode("fermi-jobs", help="The PVC holding the jobs folder (storage='pvc').").tag(
+        config=True)
+
+    s3_prefix = Unicode("", help="s3://bucket/prefix for job folders (storage='s3').").tag(
+        config=True)
+
+    s3_secret = Unicode(
+        "", help="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for "
+                 "S3-compatible storage such as MinIO) given to job pods (storage='s3').",
+    ).tag(config=True)
+
+    s3_endpoint_url = Unicode(
+        help="Endpoint of S3-compatible storage for the control plane (default: "
+             "$AWS_ENDPOINT_URL; empty: AWS).",
+    ).tag(config=True)
+
+    @default("s3_endpoint_url")
+    def _default_s3_endpoint_url(self):
+        return os.environ.get("AWS_ENDPOINT_URL", "")
+
+    kueue = Enum(
+        ["auto", "on", "off"], default_value="auto",
+        help="""Queue jobs through Kueue (queue-name label = the profile's pool, created
+        suspended; Kueue admits them). 'auto' (default): when the cluster serves Kueue's
+        LocalQueue API. The queues (one per catalogue pool) are the operator's:
+        `python -m fermi_extension.backends.kubernetes.queues | kubectl apply -f -`.""",
+    ).tag(config=True)
+
+    serving_image = Unicode(
+        "quay.io/fermi/model-server:0.1",
+        help="Image of model-server pods (any image with fermi-cluster installed).",
+    ).tag(config=True)
+
+    vllm_image = Unicode("vllm/vllm-openai:v0.11.0", help="Image of vLLM model servers.").tag(
+        config=True)
+
+    watch_timeout_seconds = Int(
+        300, help="Server-side timeout of one watch request; the watch then resumes.").tag(
+        config=True)
+
+    delete_finished = Bool(
+        True, help="Delete a job's Kubernetes Job once its outcome, log and output are collected "
+                   "(they live on in the platform); False keeps it until its TTL (7 days).",
+    ).tag(config=True)
+
+    def cluster(self, *, use_kueue: bool) -> Cluster:
+        return Cluster(
+            namespace=self.namespace, service_account=self.service_account,
+            tracking_uri=self.cluster_tracking_uri,
+            storage=Storage(kind=self.storage, claim=self.jobs_claim, s3_prefix=self.s3_prefix,
+                            s3_secret=self.s3_secret),
+            use_kueue=use_kueue, serving_image=self.serving_image, vllm_image=self.vllm_image,
+        )
+
+    async def connect(self) -> KubeClient:
+        return await KubeClient.connect(self.kubeconfig, self.context)
+
+    async def disconnect(self, *informers) -> None:
+        """Stop the watches, then close the client that ``connect`` gave (``self.client``)."""
+        for informer in informers:
+            if informer is not None:
+                await informer.stop()
+        if getattr(self, "client", None) is not None:
+            await self.client.close()
+            self.client = None

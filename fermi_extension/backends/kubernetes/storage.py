@@ -1,0 +1,59 @@
+"""How a job's notebook reaches its pod and its executed notebook comes back.
+
+- ``pvc``: the control plane's jobs folder *is* a ReadWriteMany volume that job pods mount at
+  ``/fermi/jobs``; the snapshot is already there and papermill writes the output in place.
+- ``s3``: the snapshot is uploaded to ``s3://bucket/prefix/JOB/input.ipynb`` and papermill
+  (which reads and writes s3:// paths) writes ``output.ipynb`` beside it; the control plane
+  downloads it when the job ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlparse
+
+from ...jobs.files import JobFiles
+
+
+class PvcStorage:
+    async def deliver(self, files: JobFiles, job_id: str) -> None:
+        """Nothing to copy: the job folder is on the shared volume."""
+
+    async def collect(self, files: JobFiles, job_id: str) -> None:
+        """Nothing to copy: papermill wrote the output into the job folder."""
+
+
+class S3Storage:
+    def __init__(self, prefix: str, endpoint_url: str = "", client=None):
+        parsed = urlparse(prefix)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ValueError(f"s3_prefix must look like s3://bucket/prefix, not {prefix!r}")
+        self.bucket, self.prefix = parsed.netloc, parsed.path.strip("/")
+        self._client = client
+        self.endpoint_url = endpoint_url
+
+    @property
+    def client(self):
+        if self._client is None:
+            try:
+                import boto3
+            except ImportError:
+                raise RuntimeError("storage='s3' needs boto3 in the control plane: "
+                                   "pip install boto3") from None
+            self._client = boto3.client("s3", endpoint_url=self.endpoint_url or None)
+        return self._client
+
+    def key(self, job_id: str, name: str) -> str:
+        return "/".join(p for p in (self.prefix, job_id, name) if p)
+
+    async def deliver(self, files: JobFiles, job_id: str) -> None:
+        await asyncio.to_thread(self.client.upload_file, str(files.snapshot), self.bucket,
+                                self.key(job_id, "input.ipynb"))
+
+    async def collect(self, files: JobFiles, job_id: str) -> None:
+        try:
+            await asyncio.to_thread(self.client.download_file, self.bucket,
+                                    self.key(job_id, "output.ipynb"), str(files.output))
+        except Exception as error:  # no output: the notebook never started
+            if "404" not in str(error) and "NoSuchKey" not in str(error) and "Not Found" not in str(error):
+                raise

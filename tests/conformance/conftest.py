@@ -1,0 +1,37 @@
+"""The conformance suite: the same tests against both backends, at the backend interface
+(``JobBackend``, ``ServingBackend``), parametrized over ``backend_kind`` = local | kubernetes.
+
+Fixtures:
+- ``backend_kind``: "local" or "kubernetes".
+- ``driver``: a ``drivers.Driver`` for that backend: makes fresh backend instances (a second
+  instance is a restarted control plane), and does to a running attempt what the world would:
+  ``release`` it (the notebook's wait ends), ``disrupt`` it (local: the process is killed -9;
+  kubernetes: the pod is evicted). Kubernetes runs against ``tests.kube.simulator.FakeCluster``
+  (kmock over HTTP, driven like a cluster); local runs real papermill processes.
+- ``runtime``: the runtime spec of the shipped catalogue's default image × ``cpu-small``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .drivers import KubernetesDriver, LocalDriver, default_runtime
+
+
+@pytest.fixture(params=["local", "kubernetes"])
+def backend_kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def driver(backend_kind, tmp_path):
+    if backend_kind == "kubernetes":
+        pytest.importorskip("kmock")  # the API stand-in (test extra)
+    made = LocalDriver(tmp_path) if backend_kind == "local" else KubernetesDriver(tmp_path)
+    async with made:
+        yield made
+
+
+@pytest.fixture(scope="session")
+def runtime():
+    return default_runtime()

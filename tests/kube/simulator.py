@@ -1,0 +1,307 @@
+"""A cluster stand-in for the Kubernetes backend's tests: kmock's API emulator (real HTTP, real
+``kubernetes_asyncio`` client) plus ``FakeCluster``, which plays the controllers and kubelets of
+a cluster against it.
+
+kmock stores and serves objects (create, get, list, merge-patch, watch, delete) but runs nothing:
+no pods, no status, no garbage collection, no label selectors. ``FakeCluster`` watches it the way
+the Job and Deployment controllers do and answers through the same API:
+
+- a Job that is not suspended gets a Pod (labels of its template plus ``job-name``) that runs;
+  a suspended one waits for Kueue, which ``FakeCluster(admit=True)`` plays by unsuspending it;
+- what the pod does is what its notebook would do. The job folder is the shared volume (the
+  ``pvc`` storage), so the stand-in reads the snapshot: a notebook that raises ``ValueError``
+  fails with papermill's last log lines as termination message; a notebook that waits for a
+  ``release`` file in its working folder runs until the test creates it (as a local job does);
+  any other succeeds, writing ``output.ipynb`` into the folder as papermill would;
+- ``evict(job)`` evicts the pod as a node drain would (``DisruptionTarget``, reason Evicted);
+- deleting a Job deletes its pods (propagation); Deployments report their replicas ready;
+  InferenceServices report Ready.
+
+Every pod's log is served at ``pods/NAME/log``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+from pathlib import Path
+
+from kmock import KubernetesEmulator, Server
+from kubernetes_asyncio import client as kclient
+
+from fermi_extension.backends.kubernetes.client import KubeClient, KubeError
+
+NAMESPACE = "fermi"
+CORE_RESOURCES = ["batch/v1/jobs", "v1/pods", "v1/services", "v1/configmaps", "apps/v1/deployments",
+                  "autoscaling/v2/horizontalpodautoscalers", "policy/v1/poddisruptionbudgets"]
+KUEUE_RESOURCES = ["kueue.x-k8s.io/v1beta1/localqueues", "kueue.x-k8s.io/v1beta1/clusterqueues",
+                   "kueue.x-k8s.io/v1beta1/resourceflavors"]
+KSERVE_RESOURCES = ["serving.kserve.io/v1beta1/inferenceservices"]
+
+
+def kubeconfig_for(url: str, path: Path) -> Path:
+    path.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters: [{{name: kmock, cluster: {{server: \"{url}\"}}}}]\n"
+        "contexts: [{name: kmock, context: {cluster: kmock, user: kmock}}]\n"
+        "current-context: kmock\nusers: [{name: kmock, user: {token: kmock}}]\n")
+    return path
+
+
+class FakeCluster:
+    """kmock plus the controllers and kubelets of a cluster (see the module docstring)."""
+
+    def __init__(self, jobs_dir: Path | None = None, *, kueue: bool = False, kserve: bool = False,
+                 admit: bool = True, pod_delay: float = 0.0, record: bool = True):
+        self.jobs_dir = jobs_dir
+        self.kueue, self.kserve, self.admit = kueue, kserve, admit
+        self.pod_delay = pod_delay
+        self.emulator: KubernetesEmulator | None = None
+        self.server: Server | None = None
+        self.client: KubeClient | None = None
+        self.tasks: list[asyncio.Task] = []
+        self.pods: dict[str, str] = {}  # job name → pod name
+        self.running: set[str] = set()  # jobs whose pod runs
+        self.logs: dict[str, bytes] = {}
+        self._held: dict[str, asyncio.Task] = {}
+        self.kubeconfig: Path | None = None
+        self.record = record
+        self.history: list = []  # every request the API stand-in received (record=True)
+
+    async def __aenter__(self) -> "FakeCluster":
+        self.emulator = _lean_emulator(self.history if self.record else None)
+        await self.emulator.__aenter__()
+        for resource in CORE_RESOURCES + (KUEUE_RESOURCES if self.kueue else []) + (
+                KSERVE_RESOURCES if self.kserve else []):
+            self.emulator.resources[resource] = {}
+        # one reaction serves every pod's log (kmock checks each reaction on each request)
+        self.emulator["get", re.compile(r"/api/v1/namespaces/[^/]+/pods/[^/]+/log")] << (
+            lambda request: self.logs.get(str(request.url.path).split("/")[-2], b""))
+        self.server = Server(self.emulator)
+        await self.server.__aenter__()
+        self.url = str(self.server.url).rstrip("/")
+        self.client = KubeClient(kclient.ApiClient(kclient.Configuration(host=self.url)))
+        self.tasks = [asyncio.create_task(self._watch("Job", self._on_job)),
+                      asyncio.create_task(self._watch("Deployment", self._on_deployment))]
+        if self.kserve:
+            self.tasks.append(asyncio.create_task(
+                self._watch("InferenceService", self._on_inference_service)))
+        await asyncio.sleep(0.05)  # the watches are open before anything is created
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for task in [*self.tasks, *self._held.values()]:
+            task.cancel()
+        await asyncio.gather(*self.tasks, *self._held.values(), return_exceptions=True)
+        await self.client.close()
+        await self.server.__aexit__(None, None, None)
+        await self.emulator.__aexit__(None, None, None)
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        self.kubeconfig = kubeconfig_for(self.url, path)
+        return self.kubeconfig
+
+    # -- reading what the backend made --------------------------------------------------------
+
+    def objects(self, kind_path: str) -> list[dict]:
+        """Live objects of a resource, e.g. ``"batch/v1/jobs"``."""
+        return [obj.raw for key, obj in self.emulator.objects.items()
+                if _resource_path(key[0]) == kind_path and not obj.deleted]
+
+    def requests(self, method: str, fragment: str = "") -> list:
+        """The requests the API stand-in received (``method`` e.g. "POST")."""
+        return [r for r in list(self.history)
+                if str(r.method.value if hasattr(r.method, "value") else r.method).upper() == method
+                and fragment in str(r.url)]
+
+    # -- the controllers ----------------------------------------------------------------------
+
+    async def _watch(self, kind: str, handler) -> None:
+        seen_deleted: set[str] = set()
+        while True:
+            try:
+                async for event in self.client.watch(kind, None, timeout_seconds=3600):
+                    obj = event.get("object") or {}
+                    name = obj.get("metadata", {}).get("name")
+                    if event.get("type") == "DELETED":
+                        seen_deleted.add(name)
+                    await handler(event["type"], obj)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(0.05)
+
+    async def _on_job(self, kind: str, job: dict) -> None:
+        name = job["metadata"]["name"]
+        if kind == "DELETED":  # propagation: the job's pods go with it
+            pod = self.pods.pop(name, None)
+            held = self._held.pop(name, None)
+            if held is not None:
+                held.cancel()
+            if pod:
+                await self._quietly(self.client.delete("Pod", NAMESPACE, pod))
+            return
+        if name in self.pods or job.get("status", {}).get("conditions"):
+            return
+        if job.get("spec", {}).get("suspend"):
+            if self.admit:  # Kueue admits it: the pool has quota
+                await self._quietly(self.client.patch("Job", NAMESPACE, name,
+                                                      {"spec": {"suspend": False}}))
+            return
+        await self._start_pod(job)
+
+    async def _start_pod(self, job: dict) -> None:
+        name = job["metadata"]["name"]
+        pod_name = f"{name}-{secrets.token_hex(3)}"
+        self.pods[name] = pod_name
+        labels = {**job["spec"]["template"]["metadata"].get("labels", {}),
+                  "batch.kubernetes.io/job-name": name, "job-name": name}
+        await self.client.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": pod_name, "namespace": NAMESPACE, "labels": labels},
+            "spec": job["spec"]["template"]["spec"]})
+        if self.pod_delay:
+            await asyncio.sleep(self.pod_delay)
+        await self._patch_pod(pod_name, {"phase": "Running", "containerStatuses": [
+            {"name": "notebook", "ready": True, "state": {"running": {}}}]})
+        await self._quietly(self.client.patch("Job", NAMESPACE, name,
+                                              {"status": {"active": 1, "ready": 1}}, "status"))
+        self.running.add(name)
+        behaviour, error = self._behaviour(job)
+        self.logs[pod_name] = b"Input Notebook:  input.ipynb\nExecuting notebook with kernel: python3\n"
+        if behaviour == "hold":
+            self._held[name] = asyncio.create_task(self._hold(job))
+        elif behaviour == "fail":
+            await self.fail(name, error)
+        else:
+            await self.succeed(name)
+
+    def _folder(self, job: dict) -> Path | None:
+        job_id = job["metadata"]["labels"].get("fermi.io/job-id")
+        return self.jobs_dir / job_id if self.jobs_dir and job_id else None
+
+    def _behaviour(self, job: dict) -> tuple[str, str]:
+        folder = self._folder(job)
+        try:
+            source = "\n".join("".join(c.get("source", "")) for c in json.loads(
+                (folder / "input.ipynb").read_text())["cells"])
+        except (OSError, ValueError, TypeError):
+            return "succeed", ""
+        if "raise ValueError(" in source:
+            message = source.split("raise ValueError(", 1)[1].split(")", 1)[0].strip("'\"")
+            return "fail", f"ValueError: {message}"
+        if "release" in source and "while not" in source:
+            return "hold", ""
+        return "succeed", ""
+
+    async def _hold(self, job: dict) -> None:
+        release = self._folder(job) / "work" / "release"
+        while not release.exists():
+            await asyncio.sleep(0.05)
+        self._held.pop(job["metadata"]["name"], None)
+        await self.succeed(job["metadata"]["name"])
+
+    # -- what tests do to pods ------------------------------------------------------------------
+
+    async def succeed(self, job_name: str) -> None:
+        pod = self.pods[job_name]
+        job = await self.client.get("Job", NAMESPACE, job_name)
+        folder = self._folder(job) if job else None
+        if folder is not None and (folder / "input.ipynb").exists():
+            (folder / "output.ipynb").write_text((folder / "input.ipynb").read_text())
+        self.logs[pod] = self.logs.get(pod, b"") + b"Ending Cell 2-----------------------------\n"
+        await self._patch_pod(pod, {"phase": "Succeeded", "containerStatuses": [
+            {"name": "notebook", "ready": False,
+             "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]})
+        await self._quietly(self.client.patch("Job", NAMESPACE, job_name, {"status": {
+            "active": 0, "ready": 0, "succeeded": 1,
+            "conditions": [{"type": "Complete", "status": "True"}]}}, "status"))
+
+    async def fail(self, job_name: str, error: str = "ValueError: boom") -> None:
+        pod = self.pods[job_name]
+        message = ("---------------------------------------------------------------------------\n"
+                   "Exception encountered at \"In [2]\":\n" f"{error}\n")
+        self.logs[pod] = self.logs.get(pod, b"") + message.encode()
+        await self._patch_pod(pod, {"phase": "Failed", "containerStatuses": [
+            {"name": "notebook", "ready": False, "state": {"terminated": {
+                "exitCode": 1, "reason": "Error", "message": message}}}]})
+        await self._job_failed(job_name, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+
+    async def evict(self, job_name: str) -> None:
+        pod = self.pods[job_name]
+        held = self._held.pop(job_name, None)
+        if held is not None:
+            held.cancel()
+        await self._patch_pod(pod, {
+            "phase": "Failed", "reason": "Evicted",
+            "message": "The node was low on resource: memory.",
+            "conditions": [{"type": "DisruptionTarget", "status": "True",
+                            "reason": "TerminationByKubelet",
+                            "message": "The node was low on resource: memory."}]})
+        await self._job_failed(job_name, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+
+    async def _job_failed(self, job_name: str, reason: str, message: str) -> None:
+        await self._quietly(self.client.patch("Job", NAMESPACE, job_name, {"status": {
+            "active": 0, "ready": 0, "failed": 1,
+            "conditions": [{"type": "Failed", "status": "True", "reason": reason,
+                            "message": message}]}}, "status"))
+
+    async def _patch_pod(self, pod: str, status: dict) -> None:
+        await self._quietly(self.client.patch("Pod", NAMESPACE, pod, {"status": status}, "status"))
+
+    # -- serving ------------------------------------------------------------------------------
+
+    async def _on_deployment(self, kind: str, deployment: dict) -> None:
+        if kind == "DELETED":
+            return
+        wanted = deployment.get("spec", {}).get("replicas", 1)
+        status = deployment.get("status") or {}
+        if status.get("readyReplicas") == wanted and status.get("replicas") == wanted:
+            return
+        if self.pod_delay:
+            await asyncio.sleep(self.pod_delay)
+        await self._quietly(self.client.patch(
+            "Deployment", deployment["metadata"]["namespace"], deployment["metadata"]["name"],
+            {"status": {"replicas": wanted, "readyReplicas": wanted, "availableReplicas": wanted,
+                        "updatedReplicas": wanted}}, "status"))
+
+    async def _on_inference_service(self, kind: str, isvc: dict) -> None:
+        if kind == "DELETED":
+            return
+        ready = {"type": "Ready", "status": "True"}
+        if ready in ((isvc.get("status") or {}).get("conditions") or []):
+            return
+        name = isvc["metadata"]["name"]
+        await self._quietly(self.client.patch("InferenceService", isvc["metadata"]["namespace"],
+                                              name, {"status": {
+            "conditions": [ready], "url": f"http://{name}.{NAMESPACE}.svc.cluster.local"}},
+            "status"))
+
+    @staticmethod
+    async def _quietly(aw) -> None:
+        try:
+            await aw
+        except KubeError as error:
+            if not error.not_found:
+                raise
+
+
+def _lean_emulator(history: list | None) -> KubernetesEmulator:
+    """kmock's emulator matches each request against its whole request history (quadratic over a
+    test); this one keeps its history aside, so a thousand jobs stay linear."""
+
+    class LeanEmulator(KubernetesEmulator):
+        async def _handle(self, request):
+            if history is not None:
+                history.append(request)
+            del self._requests[:-1]
+            return await super()._handle(request)
+
+    return LeanEmulator()
+
+
+def _resource_path(resource) -> str:
+    group = resource.group
+    return f"{group}/{resource.version}/{resource.plural}" if group else \
+        f"{resource.version}/{resource.plural}"

@@ -1,0 +1,175 @@
+"""The control plane's own job runner and deployment controller on the Kubernetes backend (the
+cluster stand-in): the Job's name is kept with the job, a restarted runner re-attaches to it
+from the database, a cancelled job's Job is deleted, an evicted attempt is retried as a new Job,
+and the deployment controller's replicas are slots of a Kubernetes Deployment."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from sqlalchemy import select
+
+from fermi_extension.caller import Caller
+from fermi_extension.catalog.store import CatalogStore, load_catalog_file
+from fermi_extension.db import Deployment, Job, JobEvent, Replica, Revision, make_session_factory
+from fermi_extension.deployments import service as deployments_service
+from fermi_extension.jobs.models import CreateJob
+from fermi_extension.jobs.service import JobRunner, JobService
+from fermi_extension.paths import shipped
+from fermi_extension.spec import runtime_spec
+from tests.conformance.drivers import SUCCEEDS, WAITS
+from tests.mocking import InstantTracker
+
+
+
+
+class ControlPlane:
+    """The jobs part of a control plane on the Kubernetes backend; ``die()`` is a kill -9."""
+
+    def __init__(self, kube, factory):
+        self.kube, self.factory = kube, factory
+        self.catalog = CatalogStore(factory)
+
+    async def start(self):
+        self.backend = await self.kube.job_backend()
+        self.runner = JobRunner(self.factory, self.catalog, self.backend, InstantTracker(),
+                                self.kube.jobs_dir, tracking_uri="http://127.0.0.1:5000",
+                                retry_interval=0.1)
+        self.jobs = JobService(self.factory, self.catalog, self.backend, self.kube.jobs_dir,
+                               wake=self.runner.wake)
+        await self.runner.start()
+        return self
+
+    async def die(self):
+        self.runner._stopping = True
+        for task in [self.runner._task, *self.runner._watches.values()]:
+            task.cancel()
+        await self.kube.forget(self.backend)
+
+    def job(self, job_id) -> Job:
+        with self.factory() as session:
+            return session.get(Job, job_id)
+
+    async def until(self, job_id, predicate, timeout=20):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate(self.job(job_id)):
+            assert loop.time() < deadline, self.job(job_id).__dict__
+            await asyncio.sleep(0.05)
+        return self.job(job_id)
+
+
+def factory_for(tmp_path):
+    factory = make_session_factory(f"sqlite:///{tmp_path / 'fermi.sqlite'}")
+    CatalogStore(factory).seed_if_empty(load_catalog_file(shipped("hub_config") / "catalog.yaml"))
+    return factory
+
+
+def submit(plane, nb, **fields):
+    return plane.jobs.submit(Caller("ann"), CreateJob(notebook=nb, notebook_name="t.ipynb",
+                                                      **fields)).id
+
+
+def events(plane, job_id) -> list[str]:
+    with plane.factory() as session:
+        return [e.kind for e in session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))]
+
+
+async def test_a_restarted_control_plane_reattaches_to_its_kubernetes_job(kube, tmp_path):
+    factory = factory_for(tmp_path)
+    plane = await ControlPlane(kube, factory).start()
+    job_id = submit(plane, WAITS)
+    running = await plane.until(job_id, lambda j: j.status == "running" and j.handle_name)
+    assert running.pid is None and running.handle_name.startswith(f"fermi-job-{job_id}")
+    await kube._until(lambda: running.handle_name in kube.cluster.running, 10)
+    await plane.die()
+
+    plane = await ControlPlane(kube, factory).start()
+    assert "reattached" in events(plane, job_id)
+    kube.release(plane.jobs.files(job_id))
+    done = await plane.until(job_id, lambda j: j.status == "succeeded")
+    assert done.handle_name is None and done.attempt == 1
+    assert plane.jobs.output(Caller("ann"), job_id)
+    assert plane.jobs.logs(Caller("ann"), job_id).text
+    await plane.die()
+
+
+async def test_cancel_deletes_the_job_and_an_evicted_attempt_is_retried(kube, tmp_path):
+    plane = await ControlPlane(kube, factory_for(tmp_path)).start()
+    cancelled = submit(plane, WAITS)
+    job = await plane.until(cancelled, lambda j: j.status == "running" and j.handle_name)
+    described, handle = plane.jobs.cancel(Caller("ann"), cancelled)
+    await plane.runner.kill(handle)
+    assert described.status == "cancelled" and handle.name == job.handle_name
+    assert kube.cluster.requests("DELETE", handle.name)
+
+    evicted = submit(plane, WAITS, max_retries=1)
+    first = await plane.until(evicted, lambda j: j.status == "running" and j.handle_name)
+    await kube.disrupt(SimpleNamespace(name=first.handle_name))
+    second = await plane.until(evicted, lambda j: j.attempt == 2 and j.handle_name)
+    assert second.handle_name != first.handle_name and "retrying" in events(plane, evicted)
+    kube.release(plane.jobs.files(evicted))
+    assert (await plane.until(evicted, lambda j: j.status == "succeeded")).attempt == 2
+
+    fails = submit(plane, SUCCEEDS)
+    assert (await plane.until(fails, lambda j: j.status == "succeeded")).reason is None
+    await plane.die()
+
+
+async def test_the_deployment_controller_runs_revisions_as_kubernetes_deployments(kube, tmp_path):
+    factory = factory_for(tmp_path)
+    backend = await kube.serving_backend()
+    (backend.model_dir("wine", "1")).mkdir(parents=True)
+    (backend.model_dir("wine", "1") / "MLmodel").write_text("flavors: {}\n")
+    catalog = CatalogStore(factory)
+    _, image, profile = catalog.resolve(None, "cpu-large")
+    with factory() as session:
+        session.add(Deployment(
+            name="wine", owner="ann", model="wine", engine="auto", profile="cpu-large",
+            runtime=runtime_spec(image, profile).model_dump(mode="json"), min_replicas=2,
+            max_replicas=3, target_concurrency=5, scale_down_delay_seconds=0, desired_replicas=2,
+            stable_revision="r1", key_hash="x"))
+        session.add(Revision(deployment="wine", name="r1", version="1"))
+        session.commit()
+    controller = deployments_service.DeploymentController(
+        factory, SimpleNamespace(traffic={}), backend, tracker=None)
+
+    async def settle(predicate, rounds=100):
+        for _ in range(rounds):
+            await controller.reconcile()
+            with factory() as session:
+                if predicate(session):
+                    return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the controller never got there")
+
+    def ready(count):
+        return lambda s: s.scalar(select(Deployment).where(Deployment.name == "wine")).status == \
+            "ready" and len([r for r in s.scalars(select(Replica)) if r.state == "ready"]) == count
+
+    await settle(ready(2))
+    (workload,) = kube.cluster.objects("apps/v1/deployments")
+    assert workload["metadata"]["name"] == "wine-v1" and workload["spec"]["replicas"] == 2
+    config = next(o for o in kube.cluster.objects("v1/configmaps")
+                  if o["metadata"]["name"] == "fermi-routes")
+    assert '"wine"' in config["data"]["routes.json"]
+
+    with factory() as session:  # a restarted control plane adopts the replicas
+        replicas = {r.id for r in session.scalars(select(Replica))}
+    await kube.forget_serving(backend)
+    backend = await kube.serving_backend()
+    controller = deployments_service.DeploymentController(
+        factory, SimpleNamespace(traffic={}), backend, tracker=None)
+    await settle(ready(2))
+    with factory() as session:
+        assert {r.id for r in session.scalars(select(Replica))} == replicas
+
+    with factory() as session:  # delete: drained, then its objects go
+        d = session.get(Deployment, "wine")
+        d.stopped, d.status = True, "deleting"
+        session.commit()
+    await settle(lambda s: s.get(Deployment, "wine") is None)
+    assert not kube.cluster.objects("apps/v1/deployments")
+    assert not kube.cluster.objects("v1/services")
