@@ -11,6 +11,60 @@ from traitlets import Unicode, default
 
 
 class FermiAuthenticator(NativeAuthenticator):
+    """Also writes the platform's audit log for changes to users: sign-up, approval (by which
+    admin), creation and deletion through the hub."""
+
+    platform_db_url = Unicode(
+        help="The platform database, for audit records of user changes (default: $FERMI_DB_URL, "
+             "else the SQLite file of $FERMI_DATA_DIR).",
+    ).tag(config=True)
+
+    @default("platform_db_url")
+    def _default_platform_db_url(self):
+        if os.environ.get("FERMI_DB_URL"):
+            return os.environ["FERMI_DB_URL"]
+        data = os.environ.get("FERMI_DATA_DIR")
+        return f"sqlite:///{os.path.join(data, 'fermi.sqlite')}" if data else ""
+
+    def audit_user_change(self, actor: str, action: str, user: str, *, once: bool = False,
+                          **change) -> None:
+        """``once``: only if the user has no record of coming into being yet."""
+        if not self.platform_db_url:
+            return
+        from fermi_spawner.base import platform_sessions
+        from sqlalchemy import select
+
+        from .caller import Caller, audit
+        from .db import AuditEvent
+
+        with platform_sessions(self.platform_db_url)() as session:
+            if once and session.scalar(select(AuditEvent.id).where(
+                    AuditEvent.target_kind == "user", AuditEvent.target_id == user,
+                    AuditEvent.action.in_(("create", "sign-up"))).limit(1)):
+                return
+            audit(session, Caller(actor), action, "user", user, **change)
+            session.commit()
+
+    def create_user(self, username, password, **kwargs):
+        created = super().create_user(username, password, **kwargs)
+        if created is not None and username != self.first_admin:
+            self.audit_user_change(username, "sign-up", username,
+                                   after={"authorized": bool(created.is_authorized)})
+        return created
+
+    def add_user(self, user):
+        result = super().add_user(user)
+        # the hub calls this when an admin adds a user (admin page, REST API) without saying
+        # which admin, and again for every known user at each start: one record per user
+        self.audit_user_change("(hub)", "create", user.name, once=True,
+                               after={"admin": bool(user.admin)})
+        return result
+
+    def delete_user(self, user):
+        result = super().delete_user(user)
+        self.audit_user_change("(hub)", "delete", user.name, before={"admin": bool(user.admin)})
+        return result
+
     first_admin = Unicode(
         "admin",
         help="Name of the admin account created on first start (default: admin).",
@@ -33,10 +87,9 @@ class FermiAuthenticator(NativeAuthenticator):
             self.log.info("Created the first admin account %r", self.first_admin)
 
     def get_handlers(self, app):
-        return [
-            (pattern, LoginHandler if handler is native_handlers.LoginHandler else handler)
-            for pattern, handler in super().get_handlers(app)
-        ]
+        ours = {native_handlers.LoginHandler: LoginHandler,
+                native_handlers.ToggleAuthorizationHandler: ToggleAuthorizationHandler}
+        return [(pattern, ours.get(handler, handler)) for pattern, handler in super().get_handlers(app)]
 
 
 class _NoStats:
@@ -55,3 +108,15 @@ class _NoStats:
 
 class LoginHandler(native_handlers.LoginHandler):
     statsd = _NoStats()
+
+
+class ToggleAuthorizationHandler(native_handlers.ToggleAuthorizationHandler):
+    """Approving (or withdrawing) a sign-up, recorded with the admin who did it."""
+
+    async def get(self, slug):
+        await super().get(slug)
+        info = native_handlers.UserInfo.find(self.db, slug)
+        if info is not None:
+            self.authenticator.audit_user_change(
+                self.current_user.name, "authorize" if info.is_authorized else "unauthorize", slug,
+                after={"authorized": bool(info.is_authorized)})

@@ -237,3 +237,12 @@ def test_every_change_through_the_api_is_recorded(admin, alice, tiny_notebook, t
         event = mine[0]
         assert event["actor"] == user.name and event["at"] and event["remote_addr"], event
         assert event["before"] is not None or event["after"] is not None or verb == "POST", event
+
+
+def test_changes_to_users_through_the_hub_are_recorded(platform, admin):
+    name = unique("audited")
+    assert admin.http.post(f"/hub/api/users/{name}").status_code == 201
+    assert admin.http.delete(f"/hub/api/users/{name}").status_code == 204
+    events = admin.api("GET", "audit?target_kind=user&limit=200").json()["events"]
+    mine = sorted((e["action"], e["actor"]) for e in events if e["target_id"] == name)
+    assert mine == [("create", "(hub)"), ("delete", "(hub)")], events[:5]

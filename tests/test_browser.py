@@ -114,6 +114,9 @@ def test_a_researcher_submits_watches_promotes_and_calls_a_model(platform, admin
         log_in(admin_page, base, "admin", (platform.data / "admin-password").read_text().strip())
         admin_page.goto(f"{base}/hub/authorize/{user}")
         admin_page.close()
+        events = admin.api("GET", "audit?target_kind=user&limit=200").json()["events"]
+        assert {(e["action"], e["actor"]) for e in events if e["target_id"] == user} >= {
+            ("sign-up", user), ("authorize", "admin")}, events[:5]
 
         home = platform.data / "users" / user
         home.mkdir(parents=True, exist_ok=True)

@@ -287,7 +287,9 @@ class DeploymentController:
 
     def __init__(self, session_factory: sessionmaker, service: DeploymentService,
                  backend: ServingBackend, tracker: Tracker, interval: float = 1.0,
-                 drain_timeout: float = 30.0):
+                 drain_timeout: float = 30.0, quotas: QuotaService | None = None):
+        self.quotas = quotas or QuotaService(session_factory)
+        self.quota_held: dict[str, str] = {}  # deployment → why it may not grow (said once)
         self.session_factory = session_factory
         self.service = service
         self.backend = backend
@@ -462,6 +464,16 @@ class DeploymentController:
         if model_dir is None:
             return
         runtime = RuntimeSpec.model_validate(d.runtime)
+        if runtime.gpu:  # GPU replicas count against the owner's GPU quota, as at creation
+            while count and (reason := self.quotas.refusal(session, d.owner,
+                                                           gpus=runtime.gpu * count)):
+                count -= 1
+            if count == 0:
+                if self.quota_held.get(d.name) != reason:
+                    self.quota_held[d.name] = reason
+                    event(session, d, "scale-held", f"not scaling up: {reason}")
+                return
+            self.quota_held.pop(d.name, None)
         for _ in range(count):
             replica_id = f"{d.name}-{revision_name}-{secrets.token_hex(3)}"
             launch = ReplicaLaunch(replica_id, d.name, d.model, revision.version, model_dir,

@@ -200,7 +200,8 @@ class FermiService(Application):
                                              self.serving_backend, self.serving_url,
                                              quotas=self.quotas)
         self.controller = DeploymentController(self.session_factory, self.deployments,
-                                               self.serving_backend, self.tracker)
+                                               self.serving_backend, self.tracker,
+                                               quotas=self.quotas)
         self.deployments.controller = self.controller
         self.workflows = WorkflowService(self.session_factory, self.jobs, self.deployments)
 

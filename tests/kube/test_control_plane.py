@@ -173,3 +173,33 @@ async def test_the_deployment_controller_runs_revisions_as_kubernetes_deployment
     await settle(lambda s: s.get(Deployment, "wine") is None)
     assert not kube.cluster.objects("apps/v1/deployments")
     assert not kube.cluster.objects("v1/services")
+
+
+async def test_gpu_replicas_stay_within_the_owners_gpu_quota(kube, tmp_path):
+    from fermi_extension.db import DeploymentEvent
+    from fermi_extension.quotas import QuotaLimits, QuotaService
+
+    factory = factory_for(tmp_path)
+    backend = await kube.serving_backend()
+    (backend.model_dir("wine", "1")).mkdir(parents=True)
+    (backend.model_dir("wine", "1") / "MLmodel").write_text("flavors: {}\n")
+    _, image, profile = CatalogStore(factory).resolve(None, "gpu-a100-1")
+    QuotaService(factory).put(Caller("root", admin=True), "user", "ann", QuotaLimits(gpus=1))
+    with factory() as session:
+        session.add(Deployment(
+            name="wine", owner="ann", model="wine", engine="auto", profile=profile.slug,
+            runtime=runtime_spec(image, profile).model_dump(mode="json"), min_replicas=3,
+            max_replicas=3, target_concurrency=5, scale_down_delay_seconds=0, desired_replicas=3,
+            stable_revision="r1", key_hash="x"))
+        session.add(Revision(deployment="wine", name="r1", version="1"))
+        session.commit()
+    controller = deployments_service.DeploymentController(
+        factory, SimpleNamespace(traffic={}), backend, tracker=None)
+    for _ in range(20):
+        await controller.reconcile()
+        await asyncio.sleep(0.05)
+    with factory() as session:
+        assert len(list(session.scalars(select(Replica)))) == 1  # 1 GPU each, quota of 1
+        held = [e.message for e in session.scalars(select(DeploymentEvent))
+                if e.kind == "scale-held"]
+    assert len(held) == 1 and "quota of 1 GPUs in use is reached" in held[0]
