@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from .db import AuditEvent
+from .errors import NotFound
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,15 @@ class Caller:
     admin: bool = False
     groups: tuple[str, ...] = ()
     remote_addr: str | None = None
+
+
+def owned(session: Session, model, key: str, caller: Caller, what: str):
+    """The row ``key`` of ``model`` if the caller owns it or is an admin. Anything else looks
+    like a missing one, so nobody learns what others have."""
+    row = session.get(model, key)
+    if row is None or (row.owner != caller.name and not caller.admin):
+        raise NotFound(f"No {what} {key!r} (or it is not yours).")
+    return row
 
 
 def audit(session: Session, caller: Caller, action: str, kind: str, target: str,

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from .caller import Caller, audit
+from .caller import Caller, audit, owned
 from .db import Job, Workflow, WorkflowRun, utcnow
 from .deployments.models import Canary, CreateDeployment, UpdateDeployment
 from .errors import FermiError, InvalidInput, NotFound
@@ -198,10 +198,7 @@ class WorkflowService:
                                     steps=_summaries(row.steps))
 
     def _visible(self, session, caller: Caller, workflow_id: str) -> Workflow:
-        row = session.get(Workflow, workflow_id)
-        if row is None or (row.owner != caller.name and not caller.admin):
-            raise NotFound(f"No workflow {workflow_id!r} (or it is not yours).")
-        return row
+        return owned(session, Workflow, workflow_id, caller, "workflow")
 
     def list(self, caller: Caller) -> WorkflowList:
         query = select(Workflow).order_by(Workflow.created_at.desc())

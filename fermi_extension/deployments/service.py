@@ -18,7 +18,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..caller import Caller, audit
+from ..caller import Caller, audit, owned
 from ..catalog.store import CatalogStore
 from ..db import Deployment, DeploymentEvent, Replica, Revision, UsageRecord, utcnow
 from ..errors import Conflict, InvalidInput, NotFound, Unprocessable
@@ -70,10 +70,7 @@ class DeploymentService:
         return f"{self.public_url}/{name}"
 
     def _visible(self, session: Session, caller: Caller, name: str) -> Deployment:
-        deployment = session.get(Deployment, name)
-        if deployment is None or (deployment.owner != caller.name and not caller.admin):
-            raise NotFound(f"No deployment {name!r} (or it is not yours).")
-        return deployment
+        return owned(session, Deployment, name, caller, "deployment")
 
     def describe(self, session: Session, d: Deployment, *, events: bool = False,
                  api_key: str | None = None) -> DescribeDeployment:

@@ -16,9 +16,9 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from ..caller import Caller, audit
+from ..caller import Caller, audit, owned
 from ..db import Schedule, utcnow
-from ..errors import FermiError, NotFound
+from ..errors import FermiError
 from .models import CreateJob
 from .service import JobService
 
@@ -100,10 +100,7 @@ class ScheduleService:
         return result
 
     def _visible(self, session, caller: Caller, schedule_id: str) -> Schedule:
-        row = session.get(Schedule, schedule_id)
-        if row is None or (row.owner != caller.name and not caller.admin):
-            raise NotFound(f"No schedule {schedule_id!r} (or it is not yours).")
-        return row
+        return owned(session, Schedule, schedule_id, caller, "schedule")
 
     def list(self, caller: Caller) -> ListSchedules:
         query = select(Schedule).order_by(Schedule.created_at.desc())

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..catalog.model import Image, Profile
 from ..catalog.store import CatalogStore
-from ..caller import Caller, audit
+from ..caller import Caller, audit, owned
 from ..db import Job, JobEvent, UsageRecord, utcnow
 from ..datasets import DatasetService
 from ..quotas import QuotaService
@@ -112,10 +112,7 @@ class JobService:
     # -- reads ------------------------------------------------------------------------------
 
     def _visible(self, session: Session, caller: Caller, job_id: str) -> Job:
-        job = session.get(Job, job_id)
-        if job is None or (job.owner != caller.name and not caller.admin):
-            raise NotFound(f"No job {job_id!r} (or it is not yours).")
-        return job
+        return owned(session, Job, job_id, caller, "job")
 
     def get(self, caller: Caller, job_id: str) -> DescribeJob:
         with self.session_factory() as session:
