@@ -92,6 +92,21 @@ def open_notebook(page, base: str, user: str, path: str) -> None:
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator, .jp-KernelStatus", timeout=60_000)
 
 
+def run_first_cell(page, tries: int = 6) -> None:
+    """Shift+Enter on the notebook in front; a freshly opened notebook may not take keys until
+    its kernel session is connected, so try again until the cell shows it is running."""
+    running = page.locator(f"{FRONT} .jp-InputPrompt", has_text="[*]").first
+    for _ in range(tries):
+        page.locator(f"{FRONT} .jp-InputPrompt").first.click()
+        page.keyboard.press("Shift+Enter")
+        try:
+            running.wait_for(timeout=5_000)
+            return
+        except Exception:  # not taken yet: the cell is still "[ ]"
+            page.keyboard.press("Escape")
+    raise AssertionError("the cell never started running")
+
+
 def test_a_researcher_submits_watches_promotes_and_calls_a_model(platform, admin, browser, template):
     base = platform.url
     user = f"carol{int(time.time()) % 100000}"
@@ -221,10 +236,7 @@ def test_a_researcher_submits_watches_promotes_and_calls_a_model(platform, admin
                                         "language": "python"}},
             "nbformat": 4, "nbformat_minor": 5}))
         open_notebook(page, base, user, "long.ipynb")
-        page.locator(".jp-StatusBar-Widget", has_text="Idle").first.wait_for(timeout=60_000)
-        page.locator(f"{FRONT} .jp-InputPrompt").first.click()
-        page.keyboard.press("Shift+Enter")
-        page.locator(f"{FRONT} .jp-InputPrompt", has_text="[*]").first.wait_for(timeout=20_000)
+        run_first_cell(page)
         hint = page.locator(".Toastify__toast", has_text="training job")
         hint.first.wait_for(timeout=30_000)
         shot("misuse-guard-hint")
