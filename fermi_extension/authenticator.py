@@ -21,10 +21,9 @@ class FermiAuthenticator(NativeAuthenticator):
 
     @default("platform_db_url")
     def _default_platform_db_url(self):
-        if os.environ.get("FERMI_DB_URL"):
-            return os.environ["FERMI_DB_URL"]
-        data = os.environ.get("FERMI_DATA_DIR")
-        return f"sqlite:///{os.path.join(data, 'fermi.sqlite')}" if data else ""
+        from .db import platform_db_url_from_env
+
+        return platform_db_url_from_env()
 
     def audit_user_change(self, actor: str, action: str, user: str, *, once: bool = False,
                           **change) -> None:

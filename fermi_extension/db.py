@@ -233,6 +233,17 @@ class UsageRecord(Base):
     cost: Mapped[float] = mapped_column(Float)
 
 
+def platform_db_url_from_env() -> str:
+    """Where every platform process (hub, spawner, culler, control plane) finds the database:
+    $FERMI_DB_URL, else the SQLite file of $FERMI_DATA_DIR (empty when neither is set)."""
+    import os
+
+    if os.environ.get("FERMI_DB_URL"):
+        return os.environ["FERMI_DB_URL"]
+    data = os.environ.get("FERMI_DATA_DIR")
+    return f"sqlite:///{os.path.join(data, 'fermi.sqlite')}" if data else ""
+
+
 def make_session_factory(url: str) -> sessionmaker:
     engine = create_engine(url, future=True)
     if url.startswith("sqlite"):

@@ -11,8 +11,6 @@ spawn leaks into the next.
 from __future__ import annotations
 
 import datetime as dt
-import os
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
@@ -23,7 +21,7 @@ from traitlets.config import LoggingConfigurable
 
 from fermi_extension.catalog.model import Catalog, Image, Pool, Profile
 from fermi_extension.catalog.store import CatalogStore
-from fermi_extension.db import UsageRecord, make_session_factory, utcnow
+from fermi_extension.db import UsageRecord, make_session_factory, platform_db_url_from_env, utcnow
 from fermi_extension.errors import FermiError
 
 from .options import (
@@ -72,10 +70,7 @@ class FermiSpawnerMixin(LoggingConfigurable):
 
     @default("platform_db_url")
     def _default_platform_db_url(self):
-        if os.environ.get("FERMI_DB_URL"):
-            return os.environ["FERMI_DB_URL"]
-        data = os.environ.get("FERMI_DATA_DIR")
-        return f"sqlite:///{Path(data) / 'fermi.sqlite'}" if data else ""
+        return platform_db_url_from_env()
 
     # per spawn: rebuilt by load_user_options; the run's record lives in the spawner's state
     fermi: Resolved | None = None

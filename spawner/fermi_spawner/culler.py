@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import sqlite3
 import time
 from contextlib import closing
-from pathlib import Path
 from typing import Callable
 
 # profile slug → idle minutes, and the default profile's slug
@@ -114,8 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     from jupyterhub_idle_culler import IdleCuller
     from traitlets.config import Config
 
-    db_url = os.environ.get("FERMI_DB_URL") or (
-        f"sqlite:///{Path(os.environ['FERMI_DATA_DIR']) / 'fermi.sqlite'}")
+    from fermi_extension.db import platform_db_url_from_env
+
+    db_url = platform_db_url_from_env()
     config = Config()
     config.IdleCuller.cull_arbiter_hook = ProfileTimeouts(timeouts_reader(db_url))
     IdleCuller.launch_instance(argv, config=config)
