@@ -246,3 +246,15 @@ def test_changes_to_users_through_the_hub_are_recorded(platform, admin):
     events = admin.api("GET", "audit?target_kind=user&limit=200").json()["events"]
     mine = sorted((e["action"], e["actor"]) for e in events if e["target_id"] == name)
     assert mine == [("create", "(hub)"), ("delete", "(hub)")], events[:5]
+
+
+def test_the_audit_page_filters_and_exports(admin, alice, tiny_notebook):
+    job = alice.submit(tiny_notebook())
+    mine = alice.http.get("/services/fermi/audit?target_kind=job")
+    assert mine.status_code == 200 and job["id"] in mine.text and "审计日志" in mine.text
+    assert 'name="actor"' not in mine.text  # users see their own actions only
+    everyone = admin.http.get(f"/services/fermi/audit?actor={alice.name}&action=submit")
+    assert job["id"] in everyone.text and 'name="actor"' in everyone.text
+    assert "Nothing recorded" in admin.http.get("/services/fermi/audit?action=no-such").text
+    csv = admin.http.get(f"/services/fermi/api/audit?actor={alice.name}&format=csv")
+    assert csv.status_code == 200 and csv.text.startswith("id,") and job["id"] in csv.text

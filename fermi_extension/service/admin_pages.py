@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import html
+import json
+from urllib.parse import urlencode
 from pathlib import Path
 
 from tornado import web
@@ -85,6 +87,47 @@ you can revert. 修改立即生效；每次修改都有版本记录，可回滚�
         )
 
 
+class AuditPage(AdminPage):
+    """审计日志: the audit log with filters and CSV export (admins: everyone's; users: their own
+    actions), the same records and filters as GET api/audit."""
+
+    FILTERS = (("actor", "Who / 操作人"), ("target_kind", "What kind / 对象类型"),
+               ("action", "Action / 操作"))
+
+    @web.authenticated
+    def get(self):
+        prefix = self.settings["prefix"]
+        chosen = {name: self.get_query_argument(name, "") for name, _ in self.FILTERS}
+        before = self.get_query_argument("before_id", None)
+        page = self.settings["usage"].audit(
+            self.caller, actor=chosen["actor"] or None, target_kind=chosen["target_kind"] or None,
+            action=chosen["action"] or None,
+            before_id=int(before) if before and before.isdigit() else None, limit=100)
+        inputs = "".join(
+            f'<label>{label} <input name="{name}" value="{html.escape(chosen[name])}"></label> '
+            for name, label in self.FILTERS if name != "actor" or self.caller.admin)
+        query = urlencode({k: v for k, v in chosen.items() if v})
+        rows = "".join(
+            f"<tr><td>{e.at:%Y-%m-%d %H:%M:%S}</td><td>{html.escape(e.actor)}</td>"
+            f"<td>{html.escape(e.action)}</td><td>{html.escape(e.target_kind)}</td>"
+            f"<td><code>{html.escape(e.target_id)}</code></td><td>{html.escape(e.remote_addr or '')}"
+            f"</td><td><code>{html.escape(json.dumps(e.before, ensure_ascii=False)[:200]) if e.before else ''}"
+            f"</code></td><td><code>{html.escape(json.dumps(e.after, ensure_ascii=False)[:200]) if e.after else ''}"
+            "</code></td></tr>" for e in page.events)
+        more = (f'<a href="?{query}&before_id={page.next_before_id}">Older / 更早 →</a>'
+                if page.next_before_id else "")
+        scope = ("Every change by anyone." if self.caller.admin else
+                 "Your own actions (admins see everyone's). 仅显示您自己的操作。")
+        self.page("Audit log / 审计日志", f"""<div class="guide"><b>Audit log / 审计日志</b> —
+append-only: who changed what, when, from where, before and after. {scope}</div>
+<form method="get">{inputs}<button>Filter / 筛选</button>
+<a href="{prefix}api/audit?{query}&format=csv">Export CSV / 导出</a></form>
+<table><thead><tr><th>When / 时间 (UTC)</th><th>Who / 操作人</th><th>Action / 操作</th>
+<th>Kind / 类型</th><th>Target / 对象</th><th>From / 来源</th><th>Before / 之前</th>
+<th>After / 之后</th></tr></thead><tbody>{rows or '<tr><td colspan="8">Nothing recorded '
+'for these filters. 没有符合条件的记录。</td></tr>'}</tbody></table><p>{more}</p>""")
+
+
 class StaticHandler(web.StaticFileHandler):
     """The admin pages' script and style (public: they hold no data)."""
 
@@ -99,5 +142,6 @@ def page_routes(prefix: str) -> list[tuple]:
     """Routes of the admin pages under the service prefix (``/services/fermi``)."""
     return [
         (prefix + "/admin/catalog/?", CatalogAdminPage),
+        (prefix + "/audit/?", AuditPage),
         (prefix + "/static/(.*)", StaticHandler, {"path": str(STATIC)}),
     ]

@@ -109,7 +109,7 @@ def sidebar(prefix: str, admin: bool, here: str) -> str:
              link(f"{prefix}api/models", "模型仓库 Models", "models"),
              "<h3>系统管理 Administration</h3>",
              link(f"{prefix}#billing", "计费管理 Billing", "billing"),
-             link(f"{prefix}api/audit", "审计日志 Audit log", "audit")]
+             link(f"{prefix}audit", "审计日志 Audit log", "audit")]
     if admin:
         parts += [link(f"{prefix}alerts", "监控告警 Alerts", "alerts"),
                   link(f"{prefix}admin/catalog", "目录管理 Catalogue", "catalog"),
@@ -222,7 +222,7 @@ def render(d: Dashboard, waste: WasteReport, prefix: str) -> str:
 <p class="muted">Total / 合计: {money(a.usage_total)} ·
 <a href="{prefix}api/usage/totals?by=user&format=csv">CSV per user</a> ·
 <a href="{prefix}api/usage/totals?by=group&format=csv">CSV per group / 按用户组</a> ·
-<a href="{prefix}api/audit">Audit log / 审计日志</a></p></section>"""
+<a href="{prefix}audit">Audit log / 审计日志</a></p></section>"""
 
     return f"""<div class="layout">{sidebar(prefix, d.admin, "home")}<div>
 <p>Signed in as <b>{e(d.user)}</b>{' (admin / 管理员)' if d.admin else ''}. Quick create / 快捷创建:</p>
