@@ -7,6 +7,7 @@ nor a cluster for that; the hub-level tests run jobs for real through the local 
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import time
 
@@ -83,3 +84,18 @@ class InstantTracker:
 
     async def end_run(self, run_id, status):
         pass
+
+
+# one fixed instant for tests that drive time through db.utcnow (the `clock` fixture)
+T0 = dt.datetime(2026, 5, 4, 12, 0)
+
+
+class Clock:
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, **delta):
+        self.now += dt.timedelta(**delta)

@@ -32,32 +32,14 @@ from fermi_extension.monitoring.traffic import Sample, increase
 from fermi_extension.paths import shipped
 from fermi_extension.service.alerts import render as render_alerts
 from fermi_extension.service.metrics import render as render_metrics
+from tests.mocking import T0
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "hub_config" / "prometheus" / "alerts.yml"
-T0 = dt.datetime(2026, 5, 4, 12, 0)
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool is missing: `apt-get install -y prometheus` (Debian) to "
                              "check the alert rules with Prometheus' own validator")
-
-
-class Clock:
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, **delta):
-        self.now += dt.timedelta(**delta)
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    fake = Clock(T0)
-    monkeypatch.setattr(db, "utcnow", fake)
-    return fake
 
 
 class Platform:

@@ -8,14 +8,10 @@ import nbformat
 import pytest
 from sqlalchemy import func, select
 
-from fermi_extension.catalog.store import CatalogStore, load_catalog_file
-from fermi_extension.db import AuditEvent, Job, make_session_factory
+from fermi_extension.db import AuditEvent, Job
 from fermi_extension.errors import Conflict, InvalidInput, NotFound, Unprocessable, http_status
 from fermi_extension.jobs.models import CreateJob
 from fermi_extension.caller import Caller
-from fermi_extension.jobs.service import JobService
-from fermi_extension.paths import shipped
-from tests.mocking import FakeBackend
 
 ALICE = Caller("alice")
 BOB = Caller("bob")
@@ -36,41 +32,6 @@ def request(**fields) -> CreateJob:
     fields.setdefault("notebook", make_notebook())
     fields.setdefault("notebook_name", "train.ipynb")
     return CreateJob(**fields)
-
-
-class Wakes:
-    def __init__(self):
-        self.count = 0
-
-    def __call__(self):
-        self.count += 1
-
-
-@pytest.fixture
-def session_factory():
-    return make_session_factory("sqlite://")
-
-
-@pytest.fixture
-def backend():
-    return FakeBackend()
-
-
-@pytest.fixture
-def wakes():
-    return Wakes()
-
-
-@pytest.fixture
-def jobs_dir(tmp_path):
-    return tmp_path / "jobs"
-
-
-@pytest.fixture
-def service(session_factory, backend, jobs_dir, wakes) -> JobService:
-    catalog = CatalogStore(session_factory)
-    catalog.seed_if_empty(load_catalog_file(shipped("hub_config") / "catalog.yaml"))
-    return JobService(session_factory, catalog, backend, jobs_dir, wake=wakes)
 
 
 def count(session_factory, model) -> int:

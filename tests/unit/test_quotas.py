@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from fermi_extension.caller import Caller
-from fermi_extension.db import (AuditEvent, Deployment, GpuAssignment, Job, Quota, UsageRecord,
+from fermi_extension.db import (AuditEvent, Deployment, GpuAssignment, Job, UsageRecord,
                                 make_session_factory, utcnow)
 from fermi_extension.errors import Forbidden, InvalidInput, NotFound
 from fermi_extension.jobs.queue import Waiting, plan_starts

@@ -10,9 +10,7 @@ from pydantic import ValidationError
 from fermi_extension.db import AuditEvent, Job, JobEvent, Schedule
 from fermi_extension.errors import InvalidInput, NotFound
 from fermi_extension.jobs.schedules import CreateSchedule, ScheduleService
-from tests.unit.test_job_service import (  # noqa: F401 — fixtures
-    ALICE, ADMIN, BOB, backend, count, jobs_dir, make_notebook, service, session_factory, wakes,
-)
+from tests.unit.test_job_service import ALICE, ADMIN, BOB, count, make_notebook
 
 
 def schedule_request(**fields) -> CreateSchedule:

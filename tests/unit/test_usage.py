@@ -16,7 +16,8 @@ from fermi_extension.monitoring.overview import build
 from fermi_extension.monitoring.traffic import Sample
 from fermi_extension.usage.service import UsageService, cents, month_slices, preview, to_csv
 from fermi_extension.usage.waste import DEPLOYMENT_WINDOW_SECONDS, analyse
-from tests.unit.test_alerts import T0 as NOW, Platform, clock  # noqa: F401 — the clock fixture
+from tests.mocking import T0 as NOW
+from tests.unit.test_alerts import Platform
 
 T0 = dt.datetime(2026, 11, 30, 22, 0)
 
