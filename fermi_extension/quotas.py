@@ -179,8 +179,8 @@ class QuotaService:
         """Raise ``Forbidden`` with the reason if the request would pass a quota; remember the
         caller's groups for the queue."""
         with self.session_factory() as session:
-            remember_groups(session, caller)
-            session.commit()
+            if remember_groups(session, caller):
+                session.commit()
             reason = self.refusal(session, caller.name, caller.groups, **asked)
         if reason:
             raise Forbidden(reason)
@@ -206,10 +206,16 @@ def members(session: Session, group: str, caller: Caller) -> list[str]:
     return sorted(known | {caller.name})
 
 
-def remember_groups(session: Session, caller: Caller) -> None:
+def remember_groups(session: Session, caller: Caller) -> bool:
+    """Keep the user's groups as the hub says now; True when they changed (then commit: this
+    runs on every submission, which mostly writes nothing)."""
+    known = set(session.scalars(select(GroupMember.group).where(GroupMember.user == caller.name)))
+    if known == set(caller.groups):
+        return False
     session.execute(delete(GroupMember).where(GroupMember.user == caller.name))
     for group in set(caller.groups):
         session.add(GroupMember(user=caller.name, group=group))
+    return True
 
 
 def holdings(session: Session, users: list[str]) -> Holdings:

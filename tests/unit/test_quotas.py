@@ -128,3 +128,16 @@ def test_the_queue_passes_over_a_job_held_back_by_its_owners_quota():
         return False
 
     assert plan_starts(queued, {}, pools, held_back) == ["a1", "b1"]
+
+
+def test_group_membership_follows_the_hub(quotas, sessions):
+    from fermi_extension.db import GroupMember
+
+    def remembered():
+        with sessions() as session:
+            return sorted(session.scalars(select(GroupMember.group).where(GroupMember.user == "alice")))
+
+    quotas.admit(Caller("alice", groups=("lab", "nlp")))
+    assert remembered() == ["lab", "nlp"]
+    quotas.admit(Caller("alice", groups=()))  # removed from every group in the hub
+    assert remembered() == []
