@@ -391,6 +391,13 @@ def record_failure(result: dict, platform: "Platform", error: Exception) -> None
     log("hub.log tail:\n" + platform.log_tail(80))
 
 
+def stop_and_wrap_up(args, result: dict, tmp: Path, platform) -> None:
+    """Stop the platform, record any process it left behind, then ``wrap_up``."""
+    platform.stop()
+    result["leftover_processes"] = getattr(platform, "leftovers", [])
+    wrap_up(args, result, tmp)
+
+
 def wrap_up(args, result: dict, tmp: Path) -> None:
     """The end of every benchmark run: its JSON result (``--json``) and its temporary data dir
     removed, unless ``--keep`` asked to keep it for inspection."""

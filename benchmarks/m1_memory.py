@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from common import (wrap_up, record_failure, API, ENDED, Platform, classify, log, machine, make_notebook, process_by_role,
+from common import (stop_and_wrap_up, record_failure, API, ENDED, Platform, classify, log, machine, make_notebook, process_by_role,
                     seed_ended_jobs, short_cmd, stop_on_sigterm, timed_gets)
 
 MB = 1024 * 1024
@@ -173,9 +173,7 @@ def main() -> int:
     except Exception as error:
         record_failure(result, platform, error)
     finally:
-        platform.stop()
-        result["leftover_processes"] = getattr(platform, "leftovers", [])
-        wrap_up(args, result, tmp)
+        stop_and_wrap_up(args, result, tmp, platform)
     ok = result.get("control_plane", {}).get("pass") and all(result.get("idle_pass", {"x": False}).values())
     return 0 if ok else 1
 

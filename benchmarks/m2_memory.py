@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from common import (wrap_up, record_failure, Load, Platform, deploy, log, machine, process_by_role, register_wine_models,
+from common import (stop_and_wrap_up, record_failure, Load, Platform, deploy, log, machine, process_by_role, register_wine_models,
                     replica_rows, router_state, router_stats, rss_mb, stop_on_sigterm, v2_body,
                     wait_deployment, wine_rows)
 
@@ -145,9 +145,7 @@ def main() -> int:
     finally:
         if load is not None:
             load.stop()
-        platform.stop()
-        result["leftover_processes"] = getattr(platform, "leftovers", [])
-        wrap_up(args, result, tmp)
+        stop_and_wrap_up(args, result, tmp, platform)
     return 0 if ok else 1
 
 

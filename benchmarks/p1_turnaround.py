@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import wrap_up, record_failure, API, ENDED, Platform, log, machine, make_notebook, median
+from common import stop_and_wrap_up, record_failure, API, ENDED, Platform, log, machine, make_notebook, median
 
 POLL = 0.020
 GOAL = 0.5
@@ -157,9 +157,7 @@ def main() -> int:
     except Exception as error:
         record_failure(result, platform, error)
     finally:
-        platform.stop()
-        result["leftover_processes"] = getattr(platform, "leftovers", [])
-        wrap_up(args, result, tmp)
+        stop_and_wrap_up(args, result, tmp, platform)
     return 0 if result.get("pass") else 1
 
 

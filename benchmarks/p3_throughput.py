@@ -46,7 +46,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from common import (wrap_up, record_failure, Platform, deploy, free_port, kill_if_alive, log, machine, median,
+from common import (stop_and_wrap_up, record_failure, Platform, deploy, free_port, kill_if_alive, log, machine, median,
                     register_wine_models, replica_rows, require_wrk, router_state, router_stats,
                     run_wrk, stop_on_sigterm, v2_body, wait_deployment, wine_rows,
                     wrk_script)
@@ -354,9 +354,7 @@ def main() -> int:
             hard = kill_if_alive(mlserver)
             result["mlserver_killed_hard"] = hard
             log(f"MLServer stopped{' (had to be killed)' if hard else ''}")
-        platform.stop()
-        result["leftover_processes"] = getattr(platform, "leftovers", [])
-        wrap_up(args, result, tmp)
+        stop_and_wrap_up(args, result, tmp, platform)
     return 0 if ok else 1
 
 

@@ -34,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import (wrap_up, record_failure, Load, Platform, deploy, get_deployment, log, machine, register_wine_models,
+from common import (stop_and_wrap_up, record_failure, Load, Platform, deploy, get_deployment, log, machine, register_wine_models,
                     router_stats, stop_on_sigterm, v2_body, wait_deployment, wine_rows)
 
 MODEL = "wine-bench"
@@ -302,9 +302,7 @@ def main() -> int:
             load.stop()
         if poller is not None:
             poller.stop()
-        platform.stop()
-        result["leftover_processes"] = getattr(platform, "leftovers", [])
-        wrap_up(args, result, tmp)
+        stop_and_wrap_up(args, result, tmp, platform)
     return 0 if ok else 1
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from common import (wrap_up, record_failure, Load, Platform, deploy, get_deployment, log, machine, ready_replicas,
+from common import (stop_and_wrap_up, record_failure, Load, Platform, deploy, get_deployment, log, machine, ready_replicas,
                     register_wine_models, replica_rows, router_stats, stop_on_sigterm, v2_body,
                     wait_deployment, wine_rows)
 
@@ -137,9 +137,7 @@ def main() -> int:
     finally:
         if load is not None:
             load.stop()
-        platform.stop()
-        result["leftover_processes"] = getattr(platform, "leftovers", [])
-        wrap_up(args, result, tmp)
+        stop_and_wrap_up(args, result, tmp, platform)
     return 0 if ok else 1
 
 
