@@ -288,6 +288,8 @@ class RegisteredModel(Base):
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     owner: Mapped[str] = mapped_column(String(255), index=True)
     groups: Mapped[list] = mapped_column(JSON, default=list)
+    # groups whose members' jobs may add versions (``groups`` may only see and deploy it)
+    writer_groups: Mapped[list | None] = mapped_column(JSON, default=list, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
 
 

@@ -101,6 +101,24 @@ def _router_owns(data: Path, port: int) -> bool:
     return is_alive(state.get("pid"), state.get("started"))
 
 
+def private_data_dir(data: Path) -> None:
+    """The data dir holds password hashes, tokens and every user's jobs: only this account reads
+    it. Everything the platform creates from here on is private too (the umask reaches the hub
+    and every process it starts), and what an earlier version left readable is closed."""
+    os.umask(0o077)
+    data.mkdir(parents=True, exist_ok=True)
+    data.chmod(0o700)
+    for folder in (data, data / "logs", data / "mlflow", data / "serving", data / "serving" / "logs"):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            info = entry.stat(follow_symlinks=False)
+            if info.st_mode & 0o077 and not entry.is_symlink():
+                os.chmod(entry.path, info.st_mode & 0o700)  # the owner's bits, no one else's
+
+
 def _ready(url: str, timeout: float = 0.5) -> bool:
     try:
         return httpx.get(url, timeout=timeout).status_code < 500
@@ -199,7 +217,7 @@ class Platform:
         self.stopping = True
 
     def run(self) -> int:
-        self.data.mkdir(parents=True, exist_ok=True)
+        private_data_dir(self.data)
         _previous(self.data)
         _stop_stale_proxy(self.data)
         for port, option in ((self.port, "--port"), (self.serving_port, "--serving-port")):

@@ -117,7 +117,8 @@ c.JupyterHub.services = [
         "name": "tracking",
         "command": [sys.executable, "-m", "fermi_extension.tracking.server",
                     "--data-dir", str(data / "mlflow"), "--port", str(ports["tracking"])],
-        "environment": keep,
+        # the platform database: who owns which model name (tracking/gate.py)
+        "environment": {**keep, "FERMI_DB_URL": platform_db_url},
     },
 ]
 c.JupyterHub.load_roles = [

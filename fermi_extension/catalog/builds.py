@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .. import workload_files
 from ..caller import Caller, audit
 from ..db import ImageBuild, utcnow
 from ..errors import Forbidden, NotFound, Unprocessable
@@ -136,8 +137,11 @@ class BuildService:
             return self._describe(build)
 
     def _describe(self, build: ImageBuild) -> DescribeBuild:
-        log_path = self.builds_dir / build.id / "build.log"
-        log = log_path.read_text(errors="replace")[-64_000:] if log_path.exists() else ""
+        try:  # the build's own folder, which a Dockerfile's steps may write to: no links followed
+            log = workload_files.read_bytes(self.builds_dir / build.id, "build.log")[-64_000:] \
+                .decode("utf-8", errors="replace")
+        except (FileNotFoundError, workload_files.UnsafeFile):
+            log = ""
         return DescribeBuild(id=build.id, slug=build.slug, reference=build.reference,
                              builder=build.builder, status=build.status, reason=build.reason,
                              log=log)

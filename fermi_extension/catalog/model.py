@@ -145,6 +145,10 @@ class Image(Strict):
     )
     owner: str | None = None
 
+    def offered_to(self, caller) -> bool:
+        """A hidden image exists for admins only: users neither list it nor read it by slug."""
+        return caller.admin or not self.hidden
+
     @field_validator("reference")
     @classmethod
     def _reference(cls, value: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -21,11 +22,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..catalog.model import Image, Profile
 from ..catalog.store import CatalogStore
+from .. import workload_files
 from ..caller import Caller, audit, owned
 from ..db import Job, JobEvent, UsageRecord, utcnow
 from ..datasets import DatasetService
 from ..quotas import QuotaService
-from ..registry.service import claim_models
+from ..registry.service import version_refusal
 from ..errors import Conflict, InvalidInput, NotFound, Unavailable, Unprocessable
 from ..spec import DatasetMount, RuntimeSpec, runtime_spec
 from ..tracking.client import Tracker, TrackingError
@@ -60,8 +62,8 @@ def describe(job: Job, *, events: list[JobEvent] | None = None, position: int | 
     if job.status == "running" and files is not None:
         progress = read_json(files.progress) or progress
     spec = None
-    if with_spec and files is not None and files.snapshot.exists():
-        spec = detect_parameters(json.loads(files.snapshot.read_text()))
+    if with_spec and files is not None and files.has(files.snapshot):
+        spec = detect_parameters(json.loads(files.read(files.snapshot)))
     return DescribeJob(
         id=job.id, name=job.name, owner=job.owner, status=job.status, reason=job.reason,
         priority=job.priority, image=job.image, profile=job.profile,
@@ -158,28 +160,33 @@ class JobService:
         with self.session_factory() as session:
             job = self._visible(session, caller, job_id)
             complete = job.status in ENDED
-        path = self.files(job_id).log
+        files = self.files(job_id)
         text, next_offset = "", offset
-        if path.exists():
-            with path.open("rb") as f:
+        try:
+            with workload_files.open_for_reading(files.root, files.log.name) as f:
                 f.seek(max(offset, 0))
                 chunk = f.read(limit)
+                size = os.fstat(f.fileno()).st_size
+        except FileNotFoundError:
+            pass
+        else:
             text = chunk.decode("utf-8", errors="replace")
             next_offset = offset + len(chunk)
-            complete = complete and next_offset >= path.stat().st_size
+            complete = complete and next_offset >= size
         return JobLogs(text=text, offset=offset, next_offset=next_offset, complete=complete)
 
     def output(self, caller: Caller, job_id: str) -> bytes:
         with self.session_factory() as session:
             job = self._visible(session, caller, job_id)
             status = job.status
-        path = self.files(job_id).output
-        if not path.exists():
+        files = self.files(job_id)
+        try:
+            return files.read(files.output)
+        except FileNotFoundError:
             raise Conflict(
                 f"Job {job_id} has no executed notebook yet (status: {status}); "
                 "it is written when the job starts running."
-            )
-        return path.read_bytes()
+            ) from None
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -247,7 +254,7 @@ class JobService:
             session.flush()
             files = self.files(job.id)
             files.root.mkdir(parents=True, exist_ok=True)
-            files.snapshot.write_text(json.dumps(notebook))
+            files.write(files.snapshot, json.dumps(notebook).encode())
             message = f"queued by {caller.name} on {profile.slug} ({image.slug})"
             if retry_of:
                 message += f", a retry of {retry_of.id}"
@@ -272,7 +279,8 @@ class JobService:
             if old.status not in ENDED:
                 raise Conflict(f"Job {job_id} is {old.status}; retry it once it has ended.")
             session.expunge(old)
-        snapshot = json.loads(self.files(job_id).snapshot.read_text())
+        files = self.files(job_id)
+        snapshot = json.loads(files.read(files.snapshot))
         request = CreateJob(
             notebook=snapshot, name=old.name, notebook_name=old.notebook_name,
             parameters=old.parameters, image=old.image, profile=old.profile,
@@ -509,6 +517,10 @@ class JobRunner:
             "FERMI_JOB_ID": job_id,
             "FERMI_JOB_USER": owner,
         }
+        with self.session_factory() as session:  # before the notebook runs: the tracking
+            job = session.get(Job, job_id)       # server's gate knows runs by their job
+            job.tracking_run_id, job.tracking_experiment_id = run["run_id"], experiment
+            session.commit()
         launch = JobLaunch(job_id, owner, files, runtime, parameters, env)
         try:
             handle = await self.backend.launch(launch)
@@ -566,6 +578,30 @@ class JobRunner:
         except TrackingError as error:
             log.warning("could not end tracking run %s: %s", run_id, error.message)
 
+    async def _keep_allowed_versions(self, job_id: str, versions: list[dict]
+                                     ) -> tuple[list[dict], str | None]:
+        """The registered versions of the job's run that landed in models its owner may write;
+        any other is taken out of the registry again (the tracking server's gate refuses them
+        as they are made; this holds where a version got past it)."""
+        kept, refusal = [], None
+        with self.session_factory() as session:
+            owner = session.get(Job, job_id).owner
+            for version in versions:
+                why = version_refusal(session, version["name"], owner)
+                if why is None:
+                    kept.append(version)
+                    continue
+                refusal = why
+                log.warning("job %s: %s; removing version %s from the registry", job_id, why,
+                            version["version"])
+                try:
+                    await self.tracker.delete_model_version(version["name"], version["version"])
+                except TrackingError as error:
+                    log.error("could not remove version %s of %s: %s", version["version"],
+                              version["name"], error.message)
+            session.commit()
+        return kept, refusal
+
     async def _finish(self, job_id: str, outcome: Outcome) -> None:
         """Record how an attempt ended: status, metrics, executed notebook, usage."""
         files = self.files(job_id)
@@ -579,10 +615,19 @@ class JobRunner:
                 run = await self.tracker.get_run(run_id)
                 metrics = {m["key"]: m["value"] for m in run.get("data", {}).get("metrics", [])}
                 models = await self.tracker.registered_versions(run_id)
-                if files.output.exists():
-                    await self.tracker.upload_artifact(run["info"], files.output, "output.ipynb")
+                try:
+                    output = files.read(files.output)
+                except (FileNotFoundError, workload_files.UnsafeFile) as error:
+                    output = None
+                    if isinstance(error, workload_files.UnsafeFile):
+                        log.warning("job %s: %s", job_id, error.message)
+                if output is not None:
+                    await self.tracker.upload_artifact(run["info"], output, "output.ipynb")
             except TrackingError as error:
                 log.warning("tracking for job %s: %s", job_id, error.message)
+            models, refusal = await self._keep_allowed_versions(job_id, models)
+            if refusal and outcome.status == "succeeded":
+                outcome = Outcome("failed", f"Nothing was registered: {refusal}.")
         with self.session_factory() as session:
             job = session.get(Job, job_id)
             ended = utcnow()
@@ -598,7 +643,6 @@ class JobRunner:
                     self.event(session, job, outcome.status, outcome.reason or "finished")
             run_status = {"succeeded": "FINISHED", "cancelled": "KILLED"}.get(job.status, "FAILED")
             job.metrics, job.models = metrics, models
-            claim_models(session, job.owner, models)
             job.progress = read_json(files.progress) or job.progress or {}
             job.pid = job.pid_started = None
             job.handle_name = None

@@ -33,6 +33,8 @@ class ModelSummary(BaseModel):
     name: str
     owner: str
     groups: list[str]
+    writer_groups: list[str] = Field(default_factory=list,
+                                     description="groups whose jobs may add versions")
     latest_version: str | None
     updated_at: dt.datetime | None
 
@@ -48,3 +50,6 @@ class DescribeModel(ModelSummary):
 class ShareModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     groups: list[str] = Field(description="groups whose members may see and deploy the model")
+    writer_groups: list[str] | None = Field(
+        None, description="groups whose members' jobs may also add versions to it (default: "
+                          "unchanged); a version lands only in a model its job's owner may write")

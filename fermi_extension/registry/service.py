@@ -7,18 +7,30 @@ import datetime as dt
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..db import Job, RegisteredModel
+from ..db import GroupMember, Job, RegisteredModel
 from ..errors import Forbidden, NotFound
 from ..caller import Caller, audit
 from ..tracking.client import Tracker
 from .models import DescribeModel, JobLineage, ModelSummary, ModelVersionOut
 
 
-def claim_models(session: Session, owner: str, versions: list[dict]) -> None:
-    """The first job to register a model name makes its owner the model's owner."""
-    for name in {v["name"] for v in versions}:
-        if session.get(RegisteredModel, name) is None:
-            session.add(RegisteredModel(name=name, owner=owner, groups=[]))
+def version_refusal(session: Session, name: str, owner: str) -> str | None:
+    """The one rule for model names: a job of ``owner`` adds a version only to a model ``owner``
+    owns or that is shared with one of their groups for writing; a name no one has claimed yet
+    becomes ``owner``'s (flushed, so that of two jobs claiming it at once one fails on the
+    primary key). Returns why not, or None. Called where versions are created (the tracking
+    server's gate, ``tracking/gate.py``) and again when the job ends."""
+    model = session.get(RegisteredModel, name)
+    if model is None:
+        session.add(RegisteredModel(name=name, owner=owner, groups=[], writer_groups=[]))
+        session.flush()
+        return None
+    if model.owner == owner:
+        return None
+    groups = set(session.scalars(select(GroupMember.group).where(GroupMember.user == owner)))
+    if groups & set(model.writer_groups or ()):
+        return None
+    return f"model name {name!r} belongs to another user; choose another name"
 
 
 def _ms(timestamp: int | str | None) -> dt.datetime | None:
@@ -28,7 +40,8 @@ def _ms(timestamp: int | str | None) -> dt.datetime | None:
 
 
 def can_see(caller: Caller, model: RegisteredModel) -> bool:
-    return caller.admin or model.owner == caller.name or bool(set(model.groups) & set(caller.groups))
+    shared = set(model.groups) | set(model.writer_groups or ())
+    return caller.admin or model.owner == caller.name or bool(shared & set(caller.groups))
 
 
 class ModelRepository:
@@ -53,6 +66,7 @@ class ModelRepository:
             latest = max(versions, key=lambda v: int(v["version"]), default=None)
             summaries.append(ModelSummary(
                 name=model.name, owner=model.owner, groups=model.groups,
+                writer_groups=model.writer_groups or [],
                 latest_version=latest["version"] if latest else None,
                 updated_at=_ms(latest.get("last_updated_timestamp")) if latest else model.created_at,
             ))
@@ -83,6 +97,7 @@ class ModelRepository:
             ))
         return DescribeModel(
             name=model.name, owner=model.owner, groups=model.groups,
+            writer_groups=model.writer_groups or [],
             latest_version=out[0].version if out else None,
             updated_at=out[0].created_at if out else model.created_at, versions=out,
         )
@@ -95,14 +110,17 @@ class ModelRepository:
                 return found
         raise NotFound(f"Model {name!r} has no version {version!r}; GET models/{name} lists them.")
 
-    def share(self, caller: Caller, name: str, groups: list[str]) -> None:
+    def share(self, caller: Caller, name: str, groups: list[str],
+              writer_groups: list[str] | None = None) -> None:
         model = self.visible(caller, name)
         if model.owner != caller.name and not caller.admin:
             raise Forbidden(f"Only {model.owner} (the owner) or an admin can share {name!r}.")
         with self.session_factory() as session:
             row = session.get(RegisteredModel, name)
-            before = list(row.groups)
+            before = {"groups": list(row.groups), "writer_groups": list(row.writer_groups or [])}
             row.groups = sorted(set(groups))
-            audit(session, caller, "share", "model", name, before={"groups": before},
-                  after={"groups": row.groups})
+            if writer_groups is not None:
+                row.writer_groups = sorted(set(writer_groups))
+            audit(session, caller, "share", "model", name, before=before,
+                  after={"groups": row.groups, "writer_groups": list(row.writer_groups or [])})
             session.commit()

@@ -180,7 +180,7 @@ class ImagesHandler(CatalogHandler):
     @operation("The image catalogue (hidden images: admins only)", response=ImageList)
     def get(self):
         catalog, meta = self.settings["catalog"].snapshot()
-        images = [i for i in catalog.images if not i.hidden or self.caller.admin]
+        images = [i for i in catalog.images if i.offered_to(self.caller)]
         images.sort(key=lambda i: (not i.featured,))
         self.send(ImageList(images=[
             ImageItem(**i.model_dump(), **meta_fields(meta.get(("images", i.slug))))
@@ -236,6 +236,8 @@ def item_handlers(kind: str, out: type[BaseModel], update: type[BaseModel]) -> l
                 raise NotFound(
                     f"No profile {slug!r} in the catalogue (or it is not offered to you).")
             item, meta = self.settings["catalog"].get_with_meta(kind, slug)
+            if kind == "images" and not item.offered_to(self.caller):
+                raise NotFound(f"No image {slug!r} in the catalogue.")  # as if it did not exist
             self.send_item(kind, item, meta)
 
         @operation(f"Change fields of a {one} (admins). Send If-Match: <revision> or "

@@ -22,7 +22,8 @@ class ModelHandler(APIHandler):
                response=DescribeModel)
     async def patch(self, name: str):
         request = self.parse(ShareModel)
-        self.settings["registry"].share(self.caller, name, request.groups)
+        self.settings["registry"].share(self.caller, name, request.groups,
+                                         request.writer_groups)
         self.send(await self.settings["registry"].get(self.caller, name))
 
 

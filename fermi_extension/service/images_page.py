@@ -116,7 +116,7 @@ class ImagesPage(AdminPage):
     def get(self):
         caller = self.caller
         catalog, _meta = self.settings["catalog"].snapshot()
-        images = [i for i in catalog.images if not i.hidden or caller.admin]
+        images = [i for i in catalog.images if i.offered_to(caller)]
         images.sort(key=lambda i: (not i.featured, i.deprecated))
         profiles = visible_profiles(self.settings, caller).profiles
         default_profile = catalog.default_profile().slug

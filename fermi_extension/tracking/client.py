@@ -123,13 +123,13 @@ class Tracker:
             )
         return run
 
-    async def upload_artifact(self, run: dict, local: Path, name: str) -> None:
+    async def upload_artifact(self, run: dict, content: bytes, name: str) -> None:
         artifact_uri = run["artifact_uri"]
         prefix = "mlflow-artifacts:/"
         if not artifact_uri.startswith(prefix):
             return
         path = artifact_uri[len(prefix):].strip("/") + "/" + name
-        await self._call("PUT", f"{ARTIFACTS}/{path}", content=local.read_bytes())
+        await self._call("PUT", f"{ARTIFACTS}/{path}", content=content)
 
     async def get_run(self, run_id: str) -> dict:
         return (await self._call("GET", f"{API}/runs/get", params={"run_id": run_id}))["run"]
@@ -141,6 +141,10 @@ class Tracker:
         )
         return [{"name": v["name"], "version": v["version"]}
                 for v in found.get("model_versions", [])]
+
+    async def delete_model_version(self, name: str, version: str) -> None:
+        await self._call("DELETE", f"{API}/model-versions/delete",
+                         json={"name": name, "version": str(version)})
 
     async def model_versions(self, name: str) -> list[dict]:
         found = await self._call(

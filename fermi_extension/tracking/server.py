@@ -6,7 +6,8 @@ process, configured through the environment variables ``mlflow server`` itself s
 with the hub.
 
 It listens on 127.0.0.1 only and gets no public route: users reach runs and models through the
-control plane, which checks ownership.
+control plane, which checks ownership. MLflow's app runs behind ``gate.RegistryGate``, which holds
+the rule for model names where notebooks register versions.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import os
 from pathlib import Path
 
+from ..db import platform_db_url_from_env
 from ..processes import die_with_parent
 
 
@@ -23,7 +25,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", required=True, help="where runs, models and artifacts live")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--platform-db", default=platform_db_url_from_env(),
+        help="the platform database, where model ownership is checked (default: $FERMI_DB_URL, "
+             "else fermi.sqlite in $FERMI_DATA_DIR)")
     args = parser.parse_args(argv)
+    if not args.platform_db:
+        parser.error("--platform-db (or $FERMI_DB_URL / $FERMI_DATA_DIR) is needed: model "
+                     "versions are checked against the platform's owners")
     die_with_parent()
 
     data = Path(args.data_dir)
@@ -51,9 +60,12 @@ def main(argv: list[str] | None = None) -> None:
         }
     )
     import uvicorn
+    from mlflow.server.fastapi_app import app
+
+    from .gate import RegistryGate
 
     uvicorn.run(
-        "mlflow.server.fastapi_app:app",
+        RegistryGate(app, args.platform_db),
         host=args.host,
         port=args.port,
         log_level="warning",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import math
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -281,12 +282,27 @@ class UsageService:
                          next_before_id=events[-1].id if len(events) == limit else None)
 
 
+# a spreadsheet runs a cell that begins with one of these as a formula (OWASP, CSV injection)
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """A value as a spreadsheet shows it and never runs it: text that a spreadsheet would read as
+    a formula (a user named ``=1+2``) gets a leading apostrophe; objects are written as JSON."""
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def to_csv(rows: list[BaseModel]) -> str:
+    """Every CSV the platform writes (usage, totals, waste, audit) is written here."""
     out = io.StringIO()
     if rows:
         fields = list(type(rows[0]).model_fields)
         writer = csv.DictWriter(out, fieldnames=fields)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: v for k, v in row.model_dump(mode="json").items()})
+            writer.writerow({k: csv_cell(v) for k, v in row.model_dump(mode="json").items()})
     return out.getvalue()

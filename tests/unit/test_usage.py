@@ -219,3 +219,19 @@ def test_the_dashboard_cost_is_billed_plus_running_this_month(clock):
     assert lines[("bo", "server")].gpu_hours == pytest.approx(5.0)
     assert lines[("bo", "server")].audit == "/services/fermi/api/audit?actor=bo"
     assert admin.admin_view.usage_total == pytest.approx(1.2 + 0.2 + 0.1 + 30 + 12.5)
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised():
+    """OWASP's CSV-injection advice, for every CSV the platform writes (issue 12, hole 5)."""
+    from pydantic import BaseModel
+
+    class Row(BaseModel):
+        who: str
+        change: dict
+        cost: float
+
+    rows = [Row(who=w, change={"a": 1}, cost=-1.5)
+            for w in ("=1+2", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "alice")]
+    lines = to_csv(rows).splitlines()[1:]
+    assert [line.split(",")[0] for line in lines[:4]] == ["'=1+2", "'+1", "'-1", "'@SUM(A1)"]
+    assert lines[-1].startswith('alice,"{""a"": 1}",-1.5')

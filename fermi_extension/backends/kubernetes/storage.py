@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import urlparse
 
+from ... import workload_files
 from ...jobs.files import JobFiles
 
 
@@ -47,8 +48,10 @@ class S3Storage:
         return "/".join(p for p in (self.prefix, job_id, name) if p)
 
     async def deliver(self, files: JobFiles, job_id: str) -> None:
-        await asyncio.to_thread(self.client.upload_file, str(files.snapshot), self.bucket,
-                                self.key(job_id, "input.ipynb"))
+        # the snapshot is read without following links (an earlier attempt may have left one)
+        with workload_files.open_for_reading(files.root, files.snapshot.name) as snapshot:
+            await asyncio.to_thread(self.client.upload_fileobj, snapshot, self.bucket,
+                                    self.key(job_id, "input.ipynb"))
 
     async def collect(self, files: JobFiles, job_id: str) -> None:
         try:

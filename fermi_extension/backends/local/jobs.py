@@ -16,16 +16,8 @@ from ...jobs.files import JobFiles, read_json
 from ...processes import identity, is_alive, kill_tree
 from ...datasets import link_datasets
 from ...spec import DatasetMount, RuntimeSpec
+from ...workload_env import workload_env
 from .gpus import GpuAllocator, gpu_availability, gpu_inventory, job_holder, visible_devices
-
-# what a job must never inherit from the control plane: its hub token and the admin token
-PRIVATE_ENV_PREFIXES = ("JUPYTERHUB_", "FERMI_ADMIN", "CONFIGPROXY_", "FERMI_SERVICE")
-
-
-def job_base_env() -> dict[str, str]:
-    return {
-        k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV_PREFIXES)
-    }
 
 
 class LocalJobBackend(JobBackend):
@@ -90,7 +82,7 @@ class LocalJobBackend(JobBackend):
             sys.executable, "-m", "fermi_extension.backends.local.launcher",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            env=job_base_env(),
+            env=workload_env(),
         )
         line = await self._launcher.stdout.readline()
         if not line:
@@ -107,8 +99,8 @@ class LocalJobBackend(JobBackend):
             "job_dir": str(files.root),
             "kernel": launch.runtime.kernel,
             "parameters": launch.parameters,
-            "env": {**job_base_env(), **launch.runtime.env, **dataset_env, **launch.env,
-                    "CUDA_VISIBLE_DEVICES": visible_devices(devices)},
+            "env": workload_env({**launch.runtime.env, **dataset_env, **launch.env,
+                                 "CUDA_VISIBLE_DEVICES": visible_devices(devices)}),
         }
         try:
             handle = await self._fork(request)
