@@ -11,12 +11,18 @@ A job that names ``datasets: ["wine", "images:2"]`` finds each one at ``datasets
 working folder (a link on the embedded default, a volume mount on Kubernetes) and its location in
 ``$FERMI_DATASET_NAME`` (upper case, '-' as '_'). Reading and attaching follow ownership: the
 owner, admins and the groups it is shared with; only the owner and admins change it.
+
+Where a location may be is the admin's (``DatasetPolicy``, the one rule for registering,
+attaching and mounting): paths only inside the folders allowed for datasets, volumes only on the
+claims listed for them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -29,13 +35,15 @@ from .errors import Conflict, InvalidInput, NotFound, Unprocessable
 from .spec import DatasetMount
 
 NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+CLAIM = r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?"  # a PersistentVolumeClaim's name (DNS subdomain)
 VERSION = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
 
 
 def location_kind(location: str) -> str:
     if location.startswith("s3://") and len(location) > 5:
         return "s3"
-    if location.startswith("pvc://") and re.fullmatch(r"pvc://[a-z0-9]([a-z0-9.-]*[a-z0-9])?(/.*)?", location):
+    if location.startswith("pvc://") and re.fullmatch(rf"pvc://{CLAIM}(/.*)?", location) \
+            and ".." not in location.split("/"):  # a subPath climbing out of the claim's folder
         return "volume"
     if location.startswith("/") and ".." not in Path(location).parts:
         return "path"
@@ -49,7 +57,9 @@ class NewVersion(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: str | None = Field(None, description="default: the next number (1, 2, …)")
-    location: str = Field(description="/abs/path, pvc://CLAIM/SUBPATH or s3://BUCKET/PREFIX")
+    location: str = Field(description="/abs/path inside a folder the admin allows for datasets, "
+                                      "pvc://CLAIM/SUBPATH on a claim the admin lists, or "
+                                      "s3://BUCKET/PREFIX")
 
     @field_validator("location")
     @classmethod
@@ -121,17 +131,114 @@ def describe(row: Dataset, versions: list[DatasetVersion]) -> DescribeDataset:
         mount_path=f"datasets/{row.name}", env=env_name(row.name), created_at=row.created_at)
 
 
-class DatasetService:
-    def __init__(self, session_factory: sessionmaker, local_paths_must_exist: bool = True):
-        self.session_factory = session_factory
-        self.local_paths_must_exist = local_paths_must_exist
+ROOTS_SETTING = "FermiService.dataset_roots ($FERMI_DATASET_ROOTS)"
+CLAIMS_SETTING = "FermiService.dataset_claims ($FERMI_DATASET_CLAIMS)"
 
-    def _check_location(self, location: str) -> str:
-        kind = location_kind(location)
-        if kind == "path" and self.local_paths_must_exist and not Path(location).exists():
+
+def dataset_roots_from_env() -> list[str]:
+    """$FERMI_DATASET_ROOTS: folders separated by os.pathsep (':'), as in $PATH."""
+    return [p for p in os.environ.get("FERMI_DATASET_ROOTS", "").split(os.pathsep) if p.strip()]
+
+
+def dataset_claims_from_env() -> list[str]:
+    """$FERMI_DATASET_CLAIMS: claim names separated by ','."""
+    return [c.strip() for c in os.environ.get("FERMI_DATASET_CLAIMS", "").split(",") if c.strip()]
+
+
+def _within(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
+class DatasetPolicy:
+    """Where dataset versions may be: the one rule for registering a location, attaching it to
+    a job or dev server (the admin's lists may have changed since), and mounting it.
+
+    - A path on this machine only inside a folder of ``roots``, judged by its real path (links
+      followed: a link inside a root pointing elsewhere is elsewhere), and never inside
+      ``data_dir``, the platform's own state (database, job folders, secrets), even where a
+      root holds it. A path outside gets one answer, whether or not anything is there, so that
+      registering cannot be used to probe the machine; inside, a missing one says so.
+    - A volume only on a claim of ``claims``: a claim is any volume of the namespace (a user's
+      home, the jobs volume with every user's jobs), so only those the admin set aside for data.
+    - S3-compatible storage: any bucket; reading it takes the job's own credentials.
+    """
+
+    def __init__(self, roots: Iterable[str] = (), claims: Iterable[str] = (),
+                 data_dir: str | None = None):
+        self.roots = tuple(str(r) for r in roots)
+        for root in self.roots:
+            if not os.path.isabs(root):
+                raise ValueError(f"{ROOTS_SETTING}: {root!r} is not an absolute path; give "
+                                 "folders such as /srv/datasets.")
+        self.claims = frozenset(claims)
+        for claim in self.claims:
+            if not re.fullmatch(CLAIM, claim):
+                raise ValueError(f"{CLAIMS_SETTING}: {claim!r} is not a claim name; give "
+                                 "PersistentVolumeClaim names such as datasets.")
+        self.data_dir = str(data_dir) if data_dir else None
+
+    @classmethod
+    def from_env(cls) -> "DatasetPolicy":
+        """The policy a process without its own settings follows: the same variables as the
+        control plane's defaults, and its data dir ($FERMI_DATA_DIR)."""
+        return cls(dataset_roots_from_env(), dataset_claims_from_env(),
+                   os.environ.get("FERMI_DATA_DIR") or None)
+
+    def check(self, location: str) -> str:
+        """The location's kind ("path", "volume", "s3"), or Unprocessable saying what is
+        allowed."""
+        return self.place(location)[0]
+
+    def place(self, location: str) -> tuple[str, str]:
+        """``(kind, where to attach it from)``: for a path, its real path, the one judged, so a
+        link re-pointed after the check changes nothing."""
+        try:
+            kind = location_kind(location)
+        except ValueError as error:
+            raise Unprocessable(f"{str(error)[0].upper()}{str(error)[1:]}.") from None
+        if kind == "path":
+            return kind, self._path(location)
+        if kind == "volume":
+            claim = location[len("pvc://"):].partition("/")[0]
+            if not self.claims:
+                raise Unprocessable(
+                    "Datasets on volumes are not enabled: the admin lists no claims for them "
+                    f"(the setting {CLAIMS_SETTING}). Give an s3:// location, or ask an admin "
+                    "to list a claim for datasets.")
+            if claim not in self.claims:
+                raise Unprocessable(
+                    f"Datasets may be only on the volumes the admin lists for them "
+                    f"({', '.join(sorted(self.claims))}; the setting {CLAIMS_SETTING}), not on "
+                    f"{claim!r}: put the data on one of those, or give an s3:// location.")
+        return kind, location
+
+    def _path(self, location: str) -> str:
+        real = os.path.realpath(location)
+        roots = [os.path.realpath(r) for r in self.roots]  # a root may be a link itself
+        private = os.path.realpath(self.data_dir) if self.data_dir else None
+        if not any(_within(real, root) for root in roots) or (private and _within(real, private)):
+            # one sentence for every path outside, existing or not, naming only what is allowed
+            if not roots:
+                raise Unprocessable(
+                    "Datasets on this machine are not enabled: the admin allows no folders for "
+                    f"them (the setting {ROOTS_SETTING}). Give a pvc:// or s3:// location, or "
+                    "ask an admin to allow a folder.")
+            raise Unprocessable(
+                "A dataset on this machine must be inside a folder the admin allows for "
+                f"datasets ({', '.join(self.roots)}; the setting {ROOTS_SETTING}), outside the "
+                "platform's own data folder, links followed: copy the data there, or give a "
+                "pvc:// or s3:// location.")
+        if not os.path.exists(real):
             raise Unprocessable(f"Nothing at {location!r} on this machine: give an existing "
                                 "folder or file (or a pvc:// or s3:// location).")
-        return kind
+        return real
+
+
+class DatasetService:
+    def __init__(self, session_factory: sessionmaker, policy: DatasetPolicy | None = None):
+        self.session_factory = session_factory
+        # no policy given: nothing on this machine, no volume (the admin enables them)
+        self.policy = policy or DatasetPolicy()
 
     @staticmethod
     def _can_read(row: Dataset, caller: Caller) -> bool:
@@ -156,7 +263,7 @@ class DatasetService:
                                     .order_by(DatasetVersion.created_at, DatasetVersion.version)))
 
     def create(self, caller: Caller, request: CreateDataset) -> DescribeDataset:
-        kind = self._check_location(request.location)
+        kind = self.policy.check(request.location)
         with self.session_factory() as session:
             if session.get(Dataset, request.name) is not None:
                 raise Conflict(f"A dataset named {request.name!r} exists; choose another name or "
@@ -172,7 +279,7 @@ class DatasetService:
             return describe(row, self._versions(session, row.name))
 
     def add_version(self, caller: Caller, name: str, request: NewVersion) -> DescribeDataset:
-        kind = self._check_location(request.location)
+        kind = self.policy.check(request.location)
         with self.session_factory() as session:
             row = self._writable(session, caller, name)
             versions = self._versions(session, name)
@@ -236,9 +343,15 @@ class DatasetService:
                 if chosen is None:
                     raise NotFound(f"Dataset {name!r} has no version {version!r}; it has "
                                    f"{', '.join(v.version for v in versions)}.")
-                mounts.append(DatasetMount(name=name, version=chosen.version,
-                                           location=chosen.location, kind=chosen.kind,
-                                           env=env_name(name)))
+                # checked again: the admin's folders and claims may have changed since it was
+                # registered, and a link inside a folder may point elsewhere now
+                try:
+                    kind, location = self.policy.place(chosen.location)
+                except Unprocessable as error:
+                    raise Unprocessable(f"Dataset {name!r} version {chosen.version} cannot be "
+                                        f"attached: {error.message}") from None
+                mounts.append(DatasetMount(name=name, version=chosen.version, location=location,
+                                           kind=kind, env=env_name(name)))
         return mounts
 
 

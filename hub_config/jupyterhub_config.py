@@ -83,7 +83,8 @@ c.JupyterHub.named_server_limit_per_user = 5
 
 # -- the platform's services: the control plane, the idle culler and the tracking server --------
 keep = {k: os.environ[k] for k in ("HOME", "PATH", "LANG", "LC_ALL", "FERMI_ADMIN_TOKEN",
-                                    "FERMI_SERVICE_CONFIG", "FERMI_CATALOG", "FERMI_BACKEND")
+                                    "FERMI_SERVICE_CONFIG", "FERMI_CATALOG", "FERMI_BACKEND",
+                                    "FERMI_DATASET_ROOTS", "FERMI_DATASET_CLAIMS")
         if k in os.environ}
 tracking_uri = f"http://127.0.0.1:{ports['tracking']}"
 c.JupyterHub.services = [

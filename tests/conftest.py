@@ -4,7 +4,8 @@ Hub-level tests run the real platform: ``fermi up`` in a temporary data dir on a
 (JupyterHub, its proxy, the control plane, the MLflow tracking server, real papermill jobs).
 
 Fixtures:
-- ``platform``: one platform for the whole session (module ``tests/platform.py`` does the work).
+- ``platform``: one platform for the whole session (module ``tests/platform.py`` does the work),
+  allowing datasets inside the session's temporary folders and on the claim ``claim``.
   Tests that kill platform processes start their own with ``start_platform``.
 - ``alice``, ``bob``: ordinary users (created through the hub REST API with the admin token),
   each a ``tests.platform.User`` with an authenticated API client.
@@ -23,14 +24,18 @@ from pathlib import Path
 
 import pytest
 
-from .platform import Platform, User, make_notebook, start_platform
+from .platform import Platform, User, dataset_settings, make_notebook, start_platform
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory) -> Platform:
-    running = start_platform(tmp_path_factory.mktemp("fermi-data"))
+    # datasets may be in the tests' temporary folders (tmp_path), which also hold the data dir:
+    # the rule keeps that one out by itself; "claim" is the one volume listed for datasets
+    settings = dataset_settings(tmp_path_factory.mktemp("fermi-config"),
+                                [tmp_path_factory.getbasetemp()], ["claim"])
+    running = start_platform(tmp_path_factory.mktemp("fermi-data"), env=settings)
     yield running
     running.stop()
 

@@ -105,6 +105,19 @@ class Platform:
                 self.process.wait()
 
 
+def dataset_settings(config_dir: Path, roots: list[Path], claims: list[str]) -> dict:
+    """The environment for ``start_platform`` that allows datasets inside ``roots`` and on
+    ``claims`` (FermiService.dataset_roots and dataset_claims; the production default is none).
+    The hub's spawners read $FERMI_DATASET_ROOTS and $FERMI_DATASET_CLAIMS; the control plane,
+    a hub service that starts with only the environment hub_config gives it, gets the same
+    lists in its config file ($FERMI_SERVICE_CONFIG)."""
+    config = Path(config_dir) / "service_config.py"
+    config.write_text(f"c.FermiService.dataset_roots = {[str(r) for r in roots]!r}\n"
+                      f"c.FermiService.dataset_claims = {list(claims)!r}\n")
+    return {"FERMI_DATASET_ROOTS": os.pathsep.join(str(r) for r in roots),
+            "FERMI_DATASET_CLAIMS": ",".join(claims), "FERMI_SERVICE_CONFIG": str(config)}
+
+
 def start_platform(data: Path, port: int | None = None, admin_token: str = "test-admin-token",
                    timeout: float = 180, env: dict | None = None,
                    serving_port: int | None = None) -> Platform:

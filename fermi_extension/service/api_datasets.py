@@ -1,4 +1,5 @@
-"""/api/datasets: register, version, share and attach datasets (access follows ownership)."""
+"""/api/datasets: register, version, share and attach datasets (access follows ownership; where
+a location may be is the admin's: ``datasets.DatasetPolicy``)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ class DatasetsHandler(APIHandler):
     def get(self):
         self.send(self.settings["datasets"].list(self.caller))
 
-    @operation("Register a dataset with its first version's location", request=CreateDataset,
-               response=DescribeDataset, status=201)
+    @operation("Register a dataset with its first version's location (only where the admin "
+               "allows datasets)", request=CreateDataset, response=DescribeDataset, status=201)
     def post(self):
         self.send(self.settings["datasets"].create(self.caller, self.parse(CreateDataset)), 201)
 
@@ -38,8 +39,9 @@ class DatasetHandler(APIHandler):
 
 
 class DatasetVersionsHandler(APIHandler):
-    @operation("Add a version (a new location) to a dataset (owner, admins)", request=NewVersion,
-               response=DescribeDataset, status=201)
+    @operation("Add a version (a new location, only where the admin allows datasets) to a "
+               "dataset (owner, admins)", request=NewVersion, response=DescribeDataset,
+               status=201)
     def post(self, name: str):
         self.send(self.settings["datasets"].add_version(self.caller, name, self.parse(NewVersion)),
                   201)

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from tornado import web
-from traitlets import Enum, Type, Unicode, default
+from traitlets import Enum, List, Type, Unicode, default
 from traitlets.config import Application
 
 from .. import __version__
@@ -33,7 +33,8 @@ from ..deployments.service import DeploymentController, DeploymentService
 from ..registry.service import ModelRepository
 from ..usage.service import UsageService
 from ..jobs.schedules import ScheduleService
-from ..datasets import DatasetService
+from ..datasets import (DatasetPolicy, DatasetService, dataset_claims_from_env,
+                        dataset_roots_from_env)
 from ..quotas import QuotaService
 from ..workflows import WorkflowService
 from . import api_builds, api_catalog, api_datasets, api_deployments, api_workflows, api_jobs, api_models, api_quotas, api_schedules, api_usage
@@ -163,6 +164,33 @@ class FermiService(Application):
     def _default_public_url(self):
         return os.environ.get("FERMI_PUBLIC_URL", "http://127.0.0.1:8000")
 
+    dataset_roots = List(
+        Unicode(),
+        help="""Folders of this machine that datasets may be in: a path given as a dataset's
+        location must be inside one (its real path, links followed) and outside the data dir,
+        else it is refused with the same answer whether or not anything is there. Default:
+        $FERMI_DATASET_ROOTS (folders separated by ':'), else none: paths are refused and only
+        pvc:// and s3:// locations are taken. Example: c.FermiService.dataset_roots =
+        ["/srv/datasets"]. Dev servers read the same variable (FermiSpawnerMixin.dataset_roots).""",
+    ).tag(config=True)
+
+    @default("dataset_roots")
+    def _default_dataset_roots(self):
+        return dataset_roots_from_env()
+
+    dataset_claims = List(
+        Unicode(),
+        help="""PersistentVolumeClaims that datasets may be on (pvc://CLAIM/SUBPATH): job pods
+        mount only these, read-only; never list the jobs claim (KubernetesSettings.jobs_claim)
+        or users' home volumes. Default: $FERMI_DATASET_CLAIMS (names separated by ','), else
+        none: pvc:// locations are refused. Example: c.FermiService.dataset_claims =
+        ["datasets"]. Dev servers read the same variable (FermiSpawnerMixin.dataset_claims).""",
+    ).tag(config=True)
+
+    @default("dataset_claims")
+    def _default_dataset_claims(self):
+        return dataset_claims_from_env()
+
     config_file = Unicode(
         help="A traitlets config file (default: $FERMI_SERVICE_CONFIG, if set)."
     ).tag(config=True)
@@ -188,7 +216,9 @@ class FermiService(Application):
         jobs_dir = Path(self.data_dir) / "jobs"
         warm_up_notebook_validation()
         self.quotas = QuotaService(self.session_factory)
-        self.datasets = DatasetService(self.session_factory)
+        # one rule for registering, attaching and (on Kubernetes, see KubernetesSettings) mounting
+        self.dataset_policy = DatasetPolicy(self.dataset_roots, self.dataset_claims, self.data_dir)
+        self.datasets = DatasetService(self.session_factory, self.dataset_policy)
         self.runner = JobRunner(self.session_factory, self.catalog, self.job_backend, self.tracker,
                                 jobs_dir, tracking_uri=self.tracking_uri, quotas=self.quotas)
         self.jobs = JobService(self.session_factory, self.catalog, self.job_backend, jobs_dir,

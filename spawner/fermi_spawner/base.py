@@ -11,16 +11,23 @@ spawn leaks into the next.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 from tornado import web
-from traitlets import Unicode, default
+from traitlets import List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from fermi_extension.catalog.model import Catalog, Image, Pool, Profile
 from fermi_extension.catalog.store import CatalogStore
+from fermi_extension.datasets import (
+    DatasetPolicy,
+    DatasetService,
+    dataset_claims_from_env,
+    dataset_roots_from_env,
+)
 from fermi_extension.db import UsageRecord, make_session_factory, platform_db_url_from_env, utcnow
 from fermi_extension.errors import FermiError
 
@@ -71,6 +78,30 @@ class FermiSpawnerMixin(LoggingConfigurable):
     @default("platform_db_url")
     def _default_platform_db_url(self):
         return platform_db_url_from_env()
+
+    dataset_roots = List(
+        Unicode(),
+        help="""Folders of this machine that datasets attached to dev servers may be in: the
+        control plane's rule (FermiService.dataset_roots), checked again at every spawn, since
+        the list, or where a link points, may have changed since the dataset was registered.
+        Give both the same folders. Default: $FERMI_DATASET_ROOTS (folders separated by ':'),
+        else none: datasets that are paths are not attached.""",
+    ).tag(config=True)
+
+    @default("dataset_roots")
+    def _default_dataset_roots(self):
+        return dataset_roots_from_env()
+
+    dataset_claims = List(
+        Unicode(),
+        help="""PersistentVolumeClaims that datasets attached to dev servers may be on (as
+        FermiService.dataset_claims, checked again at every spawn). Default:
+        $FERMI_DATASET_CLAIMS (names separated by ','), else none.""",
+    ).tag(config=True)
+
+    @default("dataset_claims")
+    def _default_dataset_claims(self):
+        return dataset_claims_from_env()
 
     # per spawn: rebuilt by load_user_options; the run's record lives in the spawner's state
     fermi: Resolved | None = None
@@ -194,13 +225,14 @@ class FermiSpawnerMixin(LoggingConfigurable):
         return resolved
 
     def resolve_datasets(self, refs: list[str]):
-        """The datasets to attach, with the same access rules as a job's (``datasets.py``)."""
+        """The datasets to attach, with the same access rules and the same rule for where they
+        may be as a job's (``datasets.py``); never inside the platform's data dir."""
         if not refs:
             return []
-        from fermi_extension.datasets import DatasetService
-
         try:
-            return DatasetService(self.platform_sessions()).resolve(self.caller(), refs)
+            policy = DatasetPolicy(self.dataset_roots, self.dataset_claims,
+                                   os.environ.get("FERMI_DATA_DIR") or None)
+            return DatasetService(self.platform_sessions(), policy).resolve(self.caller(), refs)
         except FermiError as error:
             raise spawn_error(error.status, error.message) from None
 

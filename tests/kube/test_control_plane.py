@@ -8,10 +8,13 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+import pytest
 from sqlalchemy import select
 
 from fermi_extension.caller import Caller
 from fermi_extension.catalog.store import CatalogStore, load_catalog_file
+from fermi_extension.datasets import CreateDataset, DatasetPolicy, DatasetService
+from fermi_extension.errors import Unprocessable
 from fermi_extension.db import Deployment, Job, JobEvent, Replica, Revision, make_session_factory
 from fermi_extension.deployments import service as deployments_service
 from fermi_extension.jobs.models import CreateJob
@@ -27,8 +30,8 @@ from tests.mocking import InstantTracker
 class ControlPlane:
     """The jobs part of a control plane on the Kubernetes backend; ``die()`` is a kill -9."""
 
-    def __init__(self, kube, factory):
-        self.kube, self.factory = kube, factory
+    def __init__(self, kube, factory, datasets: DatasetService | None = None):
+        self.kube, self.factory, self.datasets = kube, factory, datasets
         self.catalog = CatalogStore(factory)
 
     async def start(self):
@@ -37,7 +40,7 @@ class ControlPlane:
                                 self.kube.jobs_dir, tracking_uri="http://127.0.0.1:5000",
                                 retry_interval=0.1)
         self.jobs = JobService(self.factory, self.catalog, self.backend, self.kube.jobs_dir,
-                               wake=self.runner.wake)
+                               wake=self.runner.wake, datasets=self.datasets)
         await self.runner.start()
         return self
 
@@ -116,6 +119,63 @@ async def test_cancel_deletes_the_job_and_an_evicted_attempt_is_retried(kube, tm
     fails = submit(plane, SUCCEEDS)
     assert (await plane.until(fails, lambda j: j.status == "succeeded")).reason is None
     await plane.die()
+
+
+def created_job(kube, job_id) -> dict:
+    return next(r.data for r in kube.cluster.requests("POST", "/jobs")
+                if isinstance(r.data, dict) and r.data.get("kind") == "Job"
+                and r.data["metadata"]["labels"]["fermi.io/job-id"] == job_id)
+
+
+async def test_job_pods_see_their_own_folder_and_only_the_claims_listed_for_datasets(
+        kube, tmp_path, monkeypatch):
+    """Security review, hole A, replayed through the control plane: a job pod mounted the whole
+    jobs claim (every user's job folder) and any claim a dataset named (pvc://claim-bob/home)."""
+    ann = Caller("ann")
+    factory = factory_for(tmp_path)
+    # the admin's list: on the control plane (DatasetService) and, as FermiService gives its
+    # backends, for the backend (here its default from the environment: no FermiService parent)
+    monkeypatch.setenv("FERMI_DATASET_CLAIMS", "datasets")
+    datasets = DatasetService(factory, DatasetPolicy(claims=["datasets"]))
+    datasets.create(ann, CreateDataset(name="wine", location="pvc://datasets/wine/v1"))
+    for location in ("pvc://claim-bob/home", "pvc://fermi-jobs/other-job"):
+        with pytest.raises(Unprocessable, match="dataset_claims"):
+            datasets.create(ann, CreateDataset(name="probe", location=location))
+    plane = await ControlPlane(kube, factory, datasets).start()
+    job_id = submit(plane, SUCCEEDS, datasets=["wine"])
+    assert (await plane.until(job_id, lambda j: j.status == "succeeded")).reason is None
+    pod = created_job(kube, job_id)["spec"]["template"]["spec"]
+    claims = {v["name"]: v["persistentVolumeClaim"] for v in pod["volumes"]
+              if "persistentVolumeClaim" in v}
+    assert claims == {"jobs": {"claimName": "fermi-jobs"},
+                      "dataset-0": {"claimName": "datasets", "readOnly": True}}
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["jobs"] == {"name": "jobs", "mountPath": f"/fermi/jobs/{job_id}",
+                              "subPath": job_id}
+    assert mounts["dataset-0"]["subPath"] == "wine/v1" and mounts["dataset-0"]["readOnly"]
+
+    # the admin takes the claim off the list: attaching refuses, with the setting to look at
+    plane.jobs.datasets = DatasetService(factory, DatasetPolicy())
+    with pytest.raises(Unprocessable, match="'wine' version 1 cannot be attached.*CLAIMS"):
+        submit(plane, SUCCEEDS, datasets=["wine"])
+    await plane.die()
+
+    # a backend whose list lacks the claim builds no pod with it, whatever the job's spec says
+    # (here a control plane whose own check still let it through)
+    monkeypatch.setenv("FERMI_DATASET_CLAIMS", "")
+    plane = await ControlPlane(kube, factory, datasets).start()
+    refused = submit(plane, SUCCEEDS, datasets=["wine"])
+    failed = await plane.until(refused, lambda j: j.status == "failed")
+    assert "Could not start" in failed.reason and "not one the admin lists" in failed.reason
+    assert not [r for r in kube.cluster.requests("POST", "/jobs")
+                if isinstance(r.data, dict)
+                and r.data.get("metadata", {}).get("labels", {}).get("fermi.io/job-id") == refused]
+    await plane.die()
+
+    # and no backend starts with the jobs claim listed for datasets
+    monkeypatch.setenv("FERMI_DATASET_CLAIMS", "datasets,fermi-jobs")
+    with pytest.raises(ValueError, match="the jobs claim"):
+        await kube.job_backend()
 
 
 async def test_the_deployment_controller_runs_revisions_as_kubernetes_deployments(kube, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 from fermi_extension.backends.kubernetes.objects import (  # noqa: E402
+    JOBS_MOUNT,
     KUEUE_QUEUE_LABEL,
     Cluster,
     ServingRevision,
@@ -21,7 +22,7 @@ from fermi_extension.backends.kubernetes.objects import (  # noqa: E402
 )
 from fermi_extension.catalog.store import load_catalog_file  # noqa: E402
 from fermi_extension.paths import shipped  # noqa: E402
-from fermi_extension.spec import runtime_spec  # noqa: E402
+from fermi_extension.spec import DatasetMount, runtime_spec  # noqa: E402
 
 VERSIONS = [f"1.{minor}.0" for minor in range(31, 38)]
 CATALOG = load_catalog_file(shipped("hub_config") / "catalog.yaml")
@@ -64,6 +65,61 @@ def test_training_job_objects_are_valid(runtime, storage, nodes):
         assert job["spec"]["completionMode"] == "Indexed" and objects[1]["kind"] == "Service"
     if runtime.gpu:
         assert any(v["mountPath"] == "/dev/shm" for v in container_of(job)["volumeMounts"])
+    if storage == "pvc":  # every rank sees its own job's folder only
+        jobs = [m for m in container_of(job)["volumeMounts"] if m["name"] == "jobs"]
+        assert jobs == [{"name": "jobs", "mountPath": f"{JOBS_MOUNT}/a1b2c3", "subPath": "a1b2c3"}]
+
+
+# -- what a job pod may mount (security review, hole A) ------------------------------------------
+
+
+def volume_dataset(location: str, name: str = "wine") -> DatasetMount:
+    return DatasetMount(name=name, version="1", location=location, kind="volume",
+                        env=f"FERMI_DATASET_{name.upper()}")
+
+
+@pytest.mark.parametrize("nodes", [1, 3])
+def test_a_job_pod_mounts_only_its_own_folder_of_the_jobs_claim(nodes):
+    # today's pod mounts the whole claim at /fermi/jobs: every user's job folder, read-write
+    runtime = RUNTIMES[0]
+    job = make_job("a1b2c3", "alice", runtime, Cluster(), nodes=nodes)[0]
+    validate_all([job])
+    pod = job["spec"]["template"]["spec"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+              if "persistentVolumeClaim" in v}
+    for mount in container_of(job)["volumeMounts"]:
+        if claims.get(mount["name"]) == "fermi-jobs":
+            assert mount["subPath"] == "a1b2c3" and mount["mountPath"] == f"{JOBS_MOUNT}/a1b2c3"
+    # the paths inside are the same as before: papermill's input, output and working folder
+    command = " ".join(container_of(job)["command"])
+    assert f"{JOBS_MOUNT}/a1b2c3/input.ipynb" in command
+    assert f"--cwd {JOBS_MOUNT}/a1b2c3/work" in command
+    for bad in ("..", "a/b", ""):
+        with pytest.raises(ValueError, match="job id"):
+            make_job(bad, "alice", runtime, Cluster())
+
+
+def test_a_pod_mounts_a_dataset_only_on_a_claim_the_admin_lists():
+    runtime = RUNTIMES[0]
+    allowed = Cluster(dataset_claims=("datasets",))
+    with_data = runtime.model_copy(update={"datasets": [volume_dataset("pvc://datasets/wine/v2")]})
+    job = make_job("a1b2c3", "alice", with_data, allowed)[0]
+    validate_all([job])
+    assert {"name": "dataset-0", "persistentVolumeClaim": {"claimName": "datasets",
+            "readOnly": True}} in job["spec"]["template"]["spec"]["volumes"]
+    # today's builder mounts whatever claim the spec names: bob's home, the jobs claim
+    for location, cluster, says in [
+            ("pvc://claim-bob/home", allowed, "not one the admin lists"),
+            ("pvc://datasets/wine", Cluster(), "not one the admin lists"),
+            ("pvc://fermi-jobs/b9c8d7", allowed, "every user's jobs"),
+            ("pvc://fermi-jobs", Cluster(dataset_claims=("fermi-jobs",)), "every user's jobs")]:
+        spec = runtime.model_copy(update={"datasets": [volume_dataset(location)]})
+        with pytest.raises(ValueError, match=says):
+            make_job("a1b2c3", "alice", spec, cluster)
+    climbing = runtime.model_copy(
+        update={"datasets": [volume_dataset("pvc://datasets/wine/../../x")]})
+    with pytest.raises(ValueError, match=r"\.\."):
+        make_job("a1b2c3", "alice", climbing, allowed)
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES, ids=IDS)

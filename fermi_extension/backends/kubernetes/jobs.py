@@ -184,7 +184,7 @@ class KubeJobBackend(KubernetesSettings, JobBackend):
                 try:
                     text = await self.client.logs(self.namespace, pod["metadata"]["name"],
                                                   container="notebook")
-                    files.log.write_text(text)
+                    files.write(files.log, text.encode())
                 except KubeError as error:
                     self.log.warning("could not read the log of %s: %s", name, error)
             job_id = (obj or {}).get("metadata", {}).get("labels", {}).get("fermi.io/job-id") \
@@ -282,7 +282,7 @@ class KubeJobBackend(KubernetesSettings, JobBackend):
             async with response:
                 if response.status != 200:
                     return
-                with files.log.open("ab") as out:
+                with files.append(files.log) as out:
                     async for chunk in response.content.iter_any():
                         out.write(chunk)
                         out.flush()

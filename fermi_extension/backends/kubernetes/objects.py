@@ -48,6 +48,9 @@ class Cluster:
     service_account: str = "fermi-workload"
     tracking_uri: str = "http://fermi-tracking:5000"
     storage: Storage = field(default_factory=Storage)
+    # the claims datasets may be on (FermiService.dataset_claims): a pod mounts no other claim,
+    # whatever the spec it is built from says
+    dataset_claims: tuple[str, ...] = ()
     use_kueue: bool = True
     serving_image: str = "quay.io/fermi/model-server:0.1"  # an image with Fermi installed
     vllm_image: str = "vllm/vllm-openai:v0.11.0"
@@ -89,14 +92,32 @@ def _shm(runtime: RuntimeSpec) -> tuple[list[dict], list[dict]]:
             [{"name": "dshm", "mountPath": "/dev/shm"}])
 
 
-def _datasets(runtime: RuntimeSpec, workdir: str) -> tuple[list[dict], list[dict], dict]:
+def _datasets(runtime: RuntimeSpec, workdir: str,
+              cluster: Cluster) -> tuple[list[dict], list[dict], dict]:
     """Attached dataset versions: a volume (pvc://CLAIM/SUBPATH) is mounted read-only at
     ``datasets/NAME`` in the working folder; an s3:// location is handed over as it is. Either
-    way ``$ENV`` says where it is. (Paths on the control plane's machine are refused earlier.)"""
+    way ``$ENV`` says where it is. (Paths on the control plane's machine are refused earlier.)
+
+    The control plane checked the claim when the dataset was attached; it is checked here again
+    (a ValueError) so that no spec, however it was made, mounts another claim: the jobs claim
+    holds every user's jobs, and any other claim may be someone's home."""
     volumes, mounts, env = [], [], {}
     for index, mount in enumerate(getattr(runtime, "datasets", None) or []):
         if mount.kind == "volume" and mount.location.startswith("pvc://"):
             claim, _, subpath = mount.location[len("pvc://"):].partition("/")
+            if cluster.storage.kind == "pvc" and claim == cluster.storage.claim:
+                raise ValueError(
+                    f"dataset {mount.name!r} is on the jobs volume {claim!r}, which holds every "
+                    "user's jobs and is never mounted whole; attach a version on a claim for "
+                    "datasets (FermiService.dataset_claims).")
+            if claim not in cluster.dataset_claims:
+                raise ValueError(
+                    f"dataset {mount.name!r} is on the volume {claim!r}, which is not one the "
+                    "admin lists for datasets (FermiService.dataset_claims); attach a version "
+                    "on one of those.")
+            if ".." in subpath.split("/"):
+                raise ValueError(f"dataset {mount.name!r}: its path {subpath!r} climbs out of "
+                                 "the volume ('..'); register a version without '..'.")
             target = f"{workdir}/datasets/{mount.name}"
             volumes.append({"name": f"dataset-{index}",
                             "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
@@ -136,9 +157,14 @@ def make_job(job_id: str, owner: str, runtime: RuntimeSpec, cluster: Cluster, *,
         folder = f"{cluster.storage.s3_prefix.rstrip('/')}/{job_id}"
         volumes, mounts, workdir = [], [], "/tmp/work"
     else:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", job_id) or ".." in job_id:
+            raise ValueError(f"job id {job_id!r} cannot name a folder of the jobs volume: use "
+                             "letters, digits, '.', '_' and '-', not '..'.")
         folder = f"{JOBS_MOUNT}/{job_id}"
         volumes = [{"name": "jobs", "persistentVolumeClaim": {"claimName": cluster.storage.claim}}]
-        mounts = [{"name": "jobs", "mountPath": JOBS_MOUNT}]
+        # only this job's folder of the shared volume (subPath), at the same path as before:
+        # the claim holds every user's jobs, and a pod sees none but its own
+        mounts = [{"name": "jobs", "mountPath": folder, "subPath": job_id}]
         workdir = f"{folder}/work"
     shm_volumes, shm_mounts = _shm(runtime)
     variables = {
@@ -172,7 +198,7 @@ def make_job(job_id: str, owner: str, runtime: RuntimeSpec, cluster: Cluster, *,
         # message, which the backend turns into the job's reason
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    dataset_volumes, dataset_mounts, dataset_env = _datasets(runtime, workdir)
+    dataset_volumes, dataset_mounts, dataset_env = _datasets(runtime, workdir, cluster)
     if dataset_mounts:
         container["volumeMounts"] = container["volumeMounts"] + dataset_mounts
         volumes = volumes + dataset_volumes

@@ -8,6 +8,7 @@ import os
 from traitlets import Bool, Enum, Int, Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from ...datasets import DatasetPolicy
 from .client import KubeClient
 from .objects import Cluster, Storage
 
@@ -104,13 +105,27 @@ class KubernetesSettings(LoggingConfigurable):
     ).tag(config=True)
 
     def cluster(self, *, use_kueue: bool) -> Cluster:
+        claims = self.dataset_policy().claims
+        if self.storage == "pvc" and self.jobs_claim in claims:
+            # a dataset on it would show a pod every user's job folder
+            raise ValueError(
+                f"FermiService.dataset_claims lists {self.jobs_claim!r}, the jobs claim "
+                "(KubernetesSettings.jobs_claim), which holds every user's jobs; remove it from "
+                "the claims for datasets.")
         return Cluster(
             namespace=self.namespace, service_account=self.service_account,
             tracking_uri=self.cluster_tracking_uri,
             storage=Storage(kind=self.storage, claim=self.jobs_claim, s3_prefix=self.s3_prefix,
                             s3_secret=self.s3_secret),
+            dataset_claims=tuple(sorted(claims)),
             use_kueue=use_kueue, serving_image=self.serving_image, vllm_image=self.vllm_image,
         )
+
+    def dataset_policy(self) -> DatasetPolicy:
+        """The control plane's dataset policy (FermiService.dataset_policy: this backend's
+        parent holds the one list of claims), else the same settings' defaults from the
+        environment (a backend made on its own, as the tests and tools do)."""
+        return getattr(self.parent, "dataset_policy", None) or DatasetPolicy.from_env()
 
     async def connect(self) -> KubeClient:
         return await KubeClient.connect(self.kubeconfig, self.context)

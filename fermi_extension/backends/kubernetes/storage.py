@@ -1,7 +1,8 @@
 """How a job's notebook reaches its pod and its executed notebook comes back.
 
-- ``pvc``: the control plane's jobs folder *is* a ReadWriteMany volume that job pods mount at
-  ``/fermi/jobs``; the snapshot is already there and papermill writes the output in place.
+- ``pvc``: the control plane's jobs folder *is* a ReadWriteMany volume; a job pod mounts only
+  its own job's folder of it (``subPath``) at ``/fermi/jobs/<job id>``; the snapshot is already
+  there and papermill writes the output in place.
 - ``s3``: the snapshot is uploaded to ``s3://bucket/prefix/JOB/input.ipynb`` and papermill
   (which reads and writes s3:// paths) writes ``output.ipynb`` beside it; the control plane
   downloads it when the job ends.
