@@ -135,6 +135,22 @@ def test_promoted_model_answers_v2_with_its_predictions(platform, service, bob):
     assert [d["name"] for d in listed] == ["wine"]
 
 
+def test_a_replicas_own_address_answers_only_the_router(platform, service):
+    """Every local process can reach a replica at 127.0.0.1:PORT; going there round the router
+    must not skip the router's key check."""
+    owner, model, created, client = service
+    urls = [row[0] for row in replica_rows(platform, "SELECT url FROM replicas WHERE deployment = :d "
+                                                     "AND state = 'ready'", d="wine")]
+    assert urls and all(u.startswith("http://127.0.0.1:") for u in urls)
+    for url in urls:
+        for headers in ({}, {"Authorization": f"Bearer {created['api_key']}"},
+                        {"X-API-Key": created["api_key"]}, {"Authorization": f"token {owner.token}"}):
+            direct = httpx.post(f"{url}/v2/models/{model}/infer", json=v2(ROWS), headers=headers)
+            assert direct.status_code == 401 and direct.json()["error"], (url, headers, direct.text)
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 401
+    assert client.post(f"/v2/models/{model}/infer", json=v2(ROWS)).status_code == 200
+
+
 def load(client, path: str, clients: int, seconds: float) -> Counter:
     outcomes: Counter = Counter()
     stop = time.monotonic() + seconds
@@ -214,15 +230,18 @@ def test_canary_split_rollback_and_promote(service):
     assert outcomes == Counter({"2": 50})
 
 
-def replica_pid(platform, replica_id: str) -> int:
+def replica_rows(platform, query: str, **params) -> list:
     from sqlalchemy import create_engine, text
 
     engine = create_engine(f"sqlite:///{platform.data / 'fermi.sqlite'}")
     with engine.connect() as connection:
-        pid = connection.execute(text("SELECT pid FROM replicas WHERE id = :id"),
-                                 {"id": replica_id}).scalar()
+        rows = connection.execute(text(query), params).all()
     engine.dispose()
-    return pid
+    return rows
+
+
+def replica_pid(platform, replica_id: str) -> int:
+    return replica_rows(platform, "SELECT pid FROM replicas WHERE id = :id", id=replica_id)[0][0]
 
 
 def test_a_replica_killed_under_load_is_replaced_without_failures(platform, service):

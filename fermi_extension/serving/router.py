@@ -15,13 +15,18 @@ Routes file: ``{"generation": N, "deployments": {NAME: {"owner", "admins_allowed
 
 Public side: ``/{deployment}/{rest}`` goes to a replica as ``/{rest}`` (query, body and headers
 kept, minus hop-by-hop ones, ``Authorization`` and ``X-API-Key``; the answer is streamed back).
+Replicas accept only the router: each request to a replica carries ``Authorization: Bearer
+<replica key>``, the HMAC-SHA256 of the replica's URL under the admin token
+(``fermi_extension.serving.replica_key``), which the control plane handed the replica at start;
+a caller that goes to a replica's own address round the router gets 401 there.
 ``/{deployment}/v2/health/live|ready`` are answered here without credentials. Callers show
 ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, or ``Authorization: token <hub token>``
 of the owner (or of an admin when ``admins_allowed``). A revision is drawn at random by
 ``traffic_percent``, then its ready replica with the fewest requests in flight; a replica that
 cannot be connected to is skipped (up to 3 tries), a request that reached one is never retried.
 
-Admin side, on 127.0.0.1 with ``Authorization: token <admin token>``: ``GET /healthz`` and
+Admin side, on 127.0.0.1 with ``Authorization: token <admin token>``: ``GET /healthz``
+(``{"ok", "generation", "replica_keys": true}``; the last says this router sends replica keys) and
 ``GET /stats``: per deployment ``in_flight``, ``requests`` (authenticated requests since start),
 ``errors`` (5xx answers + failed connection attempts), ``latency_ms`` (``p50``/``p99``/``count``
 over the last 60 s, 0.0 when none), and per replica and per revision their counters.
@@ -48,6 +53,8 @@ import time
 from array import array
 from collections import OrderedDict
 from urllib.parse import urlsplit
+
+from fermi_extension.serving.replica_key import replica_key
 
 log = logging.getLogger("fermi.router")
 
@@ -114,7 +121,7 @@ class Replica:
     __slots__ = ("id", "url", "host", "port", "host_header", "state", "in_flight", "requests",
                  "errors", "down_until", "idle", "retired")
 
-    def __init__(self, replica_id: str, url: str):
+    def __init__(self, replica_id: str, url: str, master: str = ""):
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname or not parts.port:
             raise RoutesError(f"replica {replica_id!r}: url must be http://HOST:PORT, not {url!r}")
@@ -122,7 +129,11 @@ class Replica:
         self.url = url
         self.host = parts.hostname
         self.port = parts.port
+        # spliced into every request head after "Host: ": with the replica's key in it, the key
+        # costs nothing per request
         self.host_header = parts.netloc.encode("latin-1")
+        if master:
+            self.host_header += b"\r\nAuthorization: Bearer " + replica_key(master, url).encode()
         self.state = "ready"
         self.in_flight = 0
         self.requests = 0
@@ -249,10 +260,11 @@ def _expect(condition: bool, message: str) -> None:
         raise RoutesError(message)
 
 
-def parse_routes(doc, previous: RouteTable | None = None) -> RouteTable:
+def parse_routes(doc, previous: RouteTable | None = None, master: str = "") -> RouteTable:
     """Build a table from the routes document, reusing the previous table's replicas (same id
     and url) and deployment counters so that in-flight counts, pools and stats carry over.
-    Nothing of the previous table changes unless the whole document is valid."""
+    Nothing of the previous table changes unless the whole document is valid. ``master`` (the
+    admin token) derives the key each replica is sent; without it replicas are sent none."""
     previous = previous or RouteTable()
     _expect(isinstance(doc, dict), "the routes file must hold a JSON object")
     generation = doc.get("generation", 0)
@@ -298,7 +310,7 @@ def parse_routes(doc, previous: RouteTable | None = None) -> RouteTable:
                 _expect(rid not in replicas, f"replica {rid!r} is listed twice")
                 replica = previous.replicas.get(rid)
                 if replica is None or replica.url != url:
-                    replica = Replica(rid, url)
+                    replica = Replica(rid, url, master)
                 replicas[rid] = replica
                 members.append((replica, state))
             revisions.append((rev_name, traffic, members))
@@ -594,6 +606,7 @@ class Router:
                  balancer: Balancer | None = None):
         self.routes_path = routes_path
         self.admin_token = admin_token.encode()
+        self.master = admin_token
         self.hub = HubAuth(hub_api_url)
         self.balancer = balancer or Balancer()
         self.table = RouteTable()
@@ -621,7 +634,7 @@ class Router:
         try:
             with open(self.routes_path, "rb") as f:
                 doc = json.loads(f.read())
-            table = parse_routes(doc, self.table)
+            table = parse_routes(doc, self.table, self.master)
         except (OSError, ValueError) as e:
             log.error("Ignoring the routes file %s: %s; keeping generation %d",
                       self.routes_path, e, self.table.generation)
@@ -720,7 +733,8 @@ class Router:
         if request.method not in (b"GET", b"HEAD"):
             return self._respond(writer, request, 405, {"error": "only GET is allowed here"})
         if path == b"/healthz":
-            return self._respond(writer, request, 200, {"ok": True, "generation": self.table.generation})
+            return self._respond(writer, request, 200, {"ok": True, "generation": self.table.generation,
+                                                        "replica_keys": True})
         if path == b"/stats":
             return self._respond(writer, request, 200, self.stats())
         return self._respond(writer, request, 404,

@@ -3,8 +3,15 @@
 One process serves one MLflow model version over the KServe Open Inference Protocol V2 (REST).
 The control plane starts it so (keep this stable)::
 
-    python -m fermi_extension.serving.server --model-dir DIR --model-name NAME \\
-        --model-version V --port P [--host 127.0.0.1]
+    FERMI_REPLICA_KEY=KEY python -m fermi_extension.serving.server --model-dir DIR \\
+        --model-name NAME --model-version V --port P [--host 127.0.0.1]
+
+Replicas accept only the router. ``FERMI_REPLICA_KEY`` (the replica's key, derived by the control
+plane and the router alike, see ``fermi_extension.serving.replica_key``) is read at start and
+removed from the environment, so the model's code and its children do not inherit it; while it is
+set, every request, health checks included, must show ``Authorization: Bearer <key>`` or gets 401
+``{"error": ...}`` and its connection closed, before its body is read. Unset, the server answers
+anyone: for running it by hand, never as the platform runs it.
 
 It listens at once and loads the model in the background: ``/v2/health/live`` answers 200 as soon
 as the port is open, ``/v2/health/ready`` and ``/v2/models/{name}/ready`` 503 until the model is
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import json
 import logging
 import math
@@ -55,6 +63,7 @@ import numpy as np
 
 from fermi_extension import __version__
 from fermi_extension.errors import FermiError, InvalidInput, NotFound, Unavailable
+from fermi_extension.serving.replica_key import ENV_REPLICA_KEY
 
 log = logging.getLogger("fermi.model-server")
 
@@ -993,6 +1002,7 @@ class Connection(asyncio.Protocol):
         transfer_encoding = None
         connection = ""
         expect = ""
+        authorization = None
         for line in lines[1:]:
             name, sep, value = line.partition(":")
             if not sep or not name or name[0] in " \t" or name[-1] in " \t":
@@ -1010,9 +1020,19 @@ class Connection(asyncio.Protocol):
                 connection = value.lower()
             elif name == "expect":
                 expect = value.strip().lower()
+            elif name == "authorization":
+                authorization = value
             elif name == "inference-header-content-length":
                 raise HttpError(400, "the binary tensor data extension is not supported; send "
                                      "tensors as JSON data")
+        key = self.server.key
+        if key is not None:
+            # before the body is read or a 100 Continue sent: nothing of a stranger's is taken in
+            scheme, _, credential = (authorization or "").strip().partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    credential.strip().encode("latin-1"), key):
+                raise HttpError(401, "this replica answers only Fermi's router; send requests "
+                                     "to the deployment's URL with its API key")
         if transfer_encoding is not None:
             if length is not None:
                 raise HttpError(400, "a request cannot have both Content-Length and "
@@ -1152,8 +1172,10 @@ class Connection(asyncio.Protocol):
 class ModelServer:
     """The process: listens, loads the model in the background, drains on SIGTERM."""
 
-    def __init__(self, card: ModelCard, name: str, version: str, pandas_allowed: bool):
+    def __init__(self, card: ModelCard, name: str, version: str, pandas_allowed: bool,
+                 key: str | None = None):
         self.loop = asyncio.get_running_loop()
+        self.key = key.encode() if key else None  # requests must show it (see the docstring)
         self.card = card
         self.pandas_allowed = pandas_allowed
         self.service = ModelService(card, name, version, self.loop)
@@ -1216,6 +1238,8 @@ class ModelServer:
         fd = self.listen_socket.fileno()
         os.set_inheritable(fd, True)
         env = dict(os.environ, **{ENV_WITH_PANDAS: "1", ENV_LISTEN_FD: str(fd)})
+        if self.key is not None:  # the next process reads it, and removes it, in its turn
+            env[ENV_REPLICA_KEY] = self.key.decode()
         for conn in list(self.connections):
             conn.transport.abort()
         sys.stdout.flush()
@@ -1259,6 +1283,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m fermi_extension.serving.server",
         description="Serve one MLflow model version over the KServe Open Inference Protocol V2.",
+        epilog=f"When ${ENV_REPLICA_KEY} is set (as the platform sets it), every request must show "
+               "'Authorization: Bearer <that key>' or gets 401; unset, anyone is answered.",
     )
     parser.add_argument("--model-dir", required=True,
                         help="local MLflow model directory (the one holding MLmodel)")
@@ -1273,7 +1299,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(args: argparse.Namespace) -> int:
+async def serve(args: argparse.Namespace, key: str | None = None) -> int:
     pandas_allowed = os.environ.get(ENV_WITH_PANDAS) == "1"
     try:
         card = read_model_card(args.model_dir)
@@ -1282,7 +1308,7 @@ async def serve(args: argparse.Namespace) -> int:
         return EXIT_LOAD_FAILED
     if card.sklearn is not None and not pandas_allowed:
         block_pandas()
-    server = ModelServer(card, args.model_name, args.model_version, pandas_allowed)
+    server = ModelServer(card, args.model_name, args.model_version, pandas_allowed, key)
     try:
         await server.listen(args.host, args.port)
     except OSError as e:
@@ -1304,12 +1330,14 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
+    # taken out before any model code is imported or run, so neither it nor a child sees it
+    key = os.environ.pop(ENV_REPLICA_KEY, None) or None
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
         format=f"%(asctime)s %(levelname)s {SERVER_NAME}[%(process)d] %(message)s",
     )
-    return asyncio.run(serve(args))
+    return asyncio.run(serve(args, key))
 
 
 if __name__ == "__main__":

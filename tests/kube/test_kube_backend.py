@@ -164,6 +164,49 @@ async def test_the_last_replica_of_a_revision_takes_its_objects_with_it(kube, ru
         assert not kube.cluster.objects(resource)
 
 
+async def test_a_model_server_answers_only_the_router_and_its_probes_show_its_key(
+        kube, runtime, caplog):
+    """The key is derived from the router's token and the Service URL the router is handed, as
+    the router derives it; vLLM takes it as its API key (its /health stays open)."""
+    import dataclasses
+
+    from fermi_extension.serving.replica_key import replica_key
+    from tests.conformance.drivers import default_runtime
+
+    backend = kube.make_serving_backend(router_token="router-secret")
+    kube.serving.append(backend)
+    await backend.start()
+    wine = await backend.start_replica(replica_launch(kube, backend, "wine", "r1", "1", runtime))
+    chat = await backend.start_replica(dataclasses.replace(
+        replica_launch(kube, backend, "chat", "r1", "1", default_runtime("gpu-a100-1")), engine="vllm"))
+    created = {o["metadata"]["name"]: o for o in sent(kube.cluster) if o["kind"] == "Deployment"}
+    assert validate(list(created.values())) == 2
+
+    def server(name):
+        return created[name]["spec"]["template"]["spec"]["containers"][0]
+
+    key = replica_key("router-secret", wine.url)
+    assert {e["name"]: e["value"] for e in server("wine-v1")["env"]}["FERMI_REPLICA_KEY"] == key
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert server("wine-v1")[probe]["httpGet"]["httpHeaders"] == [
+            {"name": "Authorization", "value": f"Bearer {key}"}]
+    env = {e["name"]: e["value"] for e in server("chat-v1")["env"]}
+    assert env["VLLM_API_KEY"] == replica_key("router-secret", chat.url) and "FERMI_REPLICA_KEY" not in env
+    assert "httpHeaders" not in server("chat-v1")["readinessProbe"]["httpGet"]
+
+    # without the router's token there is no key to derive: said once, not per replica
+    plain = kube.make_serving_backend(router_token="")
+    kube.serving.append(plain)
+    await plain.start()
+    with caplog.at_level("WARNING"):
+        for name in ("open-a", "open-b"):
+            await plain.start_replica(replica_launch(kube, plain, name, "r1", "1", runtime))
+    opened = {o["metadata"]["name"]: o for o in sent(kube.cluster) if o["kind"] == "Deployment"}
+    assert not any(e["name"] == "FERMI_REPLICA_KEY"
+                   for e in opened["open-a-v1"]["spec"]["template"]["spec"]["containers"][0].get("env", []))
+    assert sum("without credentials" in r.getMessage() for r in caplog.records) == 1
+
+
 async def test_an_image_build_is_a_kaniko_job_and_its_log(kube, tmp_path):
     from fermi_extension.backends.kubernetes.builds import KubeImageBuilder
 
@@ -265,7 +308,7 @@ def test_datasets_are_mounted_or_handed_over_and_paths_refused(runtime):
     bucket = DatasetMount(name="logs", version="1", location="s3://bucket/logs/v1", kind="s3",
                           env="FERMI_DATASET_LOGS")
     with_data = runtime.model_copy(update={"datasets": [volume, bucket]})
-    (job,) = make_job("j1", "alice", with_data, Cluster())
+    (job,) = make_job("j1", "alice", with_data, Cluster(dataset_claims=("datasets",)))
     validate([job])
     pod = job["spec"]["template"]["spec"]
     container = pod["containers"][0]

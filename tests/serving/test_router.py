@@ -35,8 +35,10 @@ from fermi_extension.serving.router import (
     RoutesError,
     parse_routes,
 )
+from fermi_extension.serving.replica_key import replica_key
 
 ROOT = Path(__file__).resolve().parents[2]
+ADMIN_TOKEN = "admin-secret"
 KEY = "wine-key-123"
 KEY_HASH = hashlib.sha256(KEY.encode()).hexdigest()
 BEARER = {"Authorization": f"Bearer {KEY}"}
@@ -80,6 +82,7 @@ def standin_main(replica_ids: list[str]) -> None:
             return web.json_response(
                 {"replica": rid, "method": request.method, "path": request.path,
                  "target": request.raw_path, "headers": dict(request.headers),
+                 "authorization": request.headers.getall("Authorization", []),
                  "body": body.decode(errors="replace")[:200], "body_len": len(body)},
                 status=status, headers={"X-Replica": rid})
 
@@ -144,7 +147,7 @@ class RouterProcess:
     def __init__(self, tmp: Path, doc: dict, hub_api_url: str = ""):
         self.routes_path = tmp / "routes.json"
         write_atomic(self.routes_path, doc)
-        (tmp / "admin-token").write_text("admin-secret\n")
+        (tmp / "admin-token").write_text(ADMIN_TOKEN + "\n")
         self.port, self.admin_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
@@ -166,7 +169,7 @@ class RouterProcess:
             assert time.monotonic() < deadline, "the router did not start:\n" + self.output()
             time.sleep(0.02)
 
-    admin_headers = {"Authorization": "token admin-secret"}
+    admin_headers = {"Authorization": f"token {ADMIN_TOKEN}"}
 
     def stats(self) -> dict:
         response = httpx.get(f"{self.admin_url}/stats", headers=self.admin_headers)
@@ -221,7 +224,9 @@ def start_router(tmp_path):
 
 @pytest.fixture
 def one_replica(standin, start_router) -> RouterProcess:
-    return start_router(routes(wine=deployment(revision("r1", 100, replica("wine-a", standin["fast-a"])))))
+    router = start_router(routes(wine=deployment(revision("r1", 100, replica("wine-a", standin["fast-a"])))))
+    router.replica_port = standin["fast-a"]
+    return router
 
 
 def closed_port() -> int:
@@ -285,6 +290,15 @@ def test_latency_window_is_bounded_and_forgets_old_samples():
     assert stats.latency.percentiles(now=2000.0)["count"] == 0
 
 
+def test_each_replica_is_sent_the_key_of_its_own_url_in_the_head():
+    doc = routes(wine=deployment(revision("r1", 100, replica("a", 1001), replica("b", 1002))))
+    table = parse_routes(doc, master="m")
+    a_key, b_key = replica_key("m", "http://127.0.0.1:1001"), replica_key("m", "http://127.0.0.1:1002")
+    assert table.replicas["a"].host_header == b"127.0.0.1:1001\r\nAuthorization: Bearer " + a_key.encode()
+    assert table.replicas["b"].host_header.endswith(b_key.encode()) and a_key != b_key
+    assert parse_routes(doc).replicas["a"].host_header == b"127.0.0.1:1001"  # no master, no key
+
+
 def test_replica_urls_must_be_plain_http():
     with pytest.raises(RoutesError):
         Replica("a", "http://127.0.0.1")
@@ -303,10 +317,12 @@ def test_api_keys(one_replica):
     ok = httpx.post(url, json={"inputs": []}, headers=BEARER)
     assert ok.status_code == 200 and ok.json()["replica"] == "fast-a"
     assert ok.json()["path"] == "/v2/models/m/infer"
+    # the caller's credentials stay here; the replica is shown its own key, and only that
     forwarded = {k.lower() for k in ok.json()["headers"]}
-    assert "authorization" not in forwarded and "x-api-key" not in forwarded
+    replica_bearer = f"Bearer {replica_key(ADMIN_TOKEN, 'http://127.0.0.1:%d' % one_replica.replica_port)}"
+    assert ok.json()["authorization"] == [replica_bearer] and "x-api-key" not in forwarded
     by_header = httpx.post(url, json={}, headers={"X-API-Key": KEY})
-    assert by_header.status_code == 200
+    assert by_header.status_code == 200 and by_header.json()["authorization"] == [replica_bearer]
 
 
 def test_hub_tokens(standin, start_router):

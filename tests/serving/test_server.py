@@ -5,6 +5,9 @@ StandardScaler + LogisticRegression pipeline fitted on the wine DataFrame, with 
 (so the MLmodel has a column signature), in the default skops format and as cloudpickle. Variants
 of it are made by hand: one that takes seconds to unpickle (to see live before ready), one that is
 corrupt, and one that only scores DataFrames (to see the server restart itself with pandas).
+
+As the platform runs them, replicas have a key (``FERMI_REPLICA_KEY``) and answer only requests
+that show it; the cloudpickle replica runs without one, as a server run by hand does.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import pickle
 import shutil
 import signal
@@ -29,26 +33,36 @@ import pytest
 import yaml
 
 from fermi_extension.processes import free_port, wait_for
+from fermi_extension.serving import server
+from fermi_extension.serving.replica_key import replica_key
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME, VERSION = "wine", "3"
 
 
 class Replica:
-    """``python -m fermi_extension.serving.server`` on a free port, stderr kept in a file."""
+    """``python -m fermi_extension.serving.server`` on a free port, stderr kept in a file; with
+    ``keyed``, its key derived as the control plane derives it, and the client shows it."""
 
-    def __init__(self, model_dir: Path, log_dir: Path, name: str = NAME, version: str = VERSION):
+    def __init__(self, model_dir: Path, log_dir: Path, name: str = NAME, version: str = VERSION,
+                 keyed: bool = False):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log_dir / f"replica-{self.port}.log"
+        env = {k: v for k, v in os.environ.items() if k != "FERMI_REPLICA_KEY"}
+        self.key = replica_key("admin-secret", self.url) if keyed else None
+        headers = {}
+        if self.key:
+            env["FERMI_REPLICA_KEY"] = self.key
+            headers["Authorization"] = f"Bearer {self.key}"
         with open(self.log, "wb") as err:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "fermi_extension.serving.server",
                  "--model-dir", str(model_dir), "--model-name", name,
                  "--model-version", version, "--port", str(self.port)],
-                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
+                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env=env,
             )
-        self.client = httpx.Client(base_url=self.url, timeout=10)
+        self.client = httpx.Client(base_url=self.url, timeout=10, headers=headers)
 
     def status(self, path: str) -> int | None:
         try:
@@ -172,9 +186,11 @@ class _Sleep:
 @pytest.fixture(scope="module")
 def replicas(models, tmp_path_factory):
     """The skops, the cloudpickle and the frames-only model, each served by a replica (started
-    together: loading is mostly waiting on imports)."""
+    together: loading is mostly waiting on imports). The skops and frames replicas have a key
+    (the frames one keeps it across its restart with pandas); the cloudpickle one has none."""
     logs = tmp_path_factory.mktemp("logs")
-    running = {kind: Replica(models[kind], logs) for kind in ("skops", "cloudpickle", "frames")}
+    running = {kind: Replica(models[kind], logs, keyed=kind != "cloudpickle")
+               for kind in ("skops", "cloudpickle", "frames")}
     try:
         for replica in running.values():
             replica.wait_ready()
@@ -247,7 +263,8 @@ def test_concurrent_requests_each_get_their_own_answer(skops_replica, wine):
     expected = pipeline.predict(X)
 
     async def burst():
-        async with httpx.AsyncClient(base_url=skops_replica.url, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=skops_replica.url, timeout=10,
+                                     headers=skops_replica.client.headers) as client:
             async def one(i):
                 rows = X.iloc[[i, (i * 7) % len(X)][: 1 + i % 2]].to_numpy()
                 payload = tensor(rows)
@@ -274,11 +291,12 @@ def test_pipelined_chunked_and_expect_continue_requests_are_answered_in_order(sk
     X, _ = wine
     body = json.dumps({"inputs": [tensor(X.iloc[[0]].to_numpy())]}).encode()
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:20], body[20:]))
-    infer = f"POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: x\r\n".encode()
+    auth = f"Authorization: Bearer {skops_replica.key}\r\n".encode()
+    infer = f"POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: x\r\n".encode() + auth
     wire = (infer + b"Content-Length: %d\r\n\r\n" % len(body) + body
-            + b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+            + b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"
             + infer + b"Transfer-Encoding: chunked\r\n\r\n" + chunked + b"0\r\n\r\n"
-            + b"GET /v2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            + b"GET /v2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + auth + b"\r\n")
     with socket.create_connection(("127.0.0.1", skops_replica.port), timeout=10) as sock:
         sock.sendall(wire)
         received = b""
@@ -319,6 +337,61 @@ def test_server_and_model_metadata(skops_replica, wine):
                  f"/v2/models/{NAME}/versions/{VERSION}/ready"):
         assert client.get(path).status_code == 200, path
     assert client.head("/v2/health/ready").status_code == 200
+
+
+# -- the replica key ------------------------------------------------------------------------------
+
+
+def test_with_a_key_only_requests_that_show_it_are_answered(skops_replica, wine):
+    """Anything that reaches the port but is not the router (it alone knows the key) gets 401,
+    health checks included, and its connection is closed."""
+    X, _ = wine
+    payload = {"inputs": [tensor(X.iloc[[0]].to_numpy())]}
+    url = skops_replica.url
+    infer = f"{url}/v2/models/{NAME}/infer"
+    for headers in ({}, {"Authorization": "Bearer wrong"},
+                    {"Authorization": f"Basic {skops_replica.key}"},
+                    {"Authorization": f"Bearer {skops_replica.key}x"},
+                    {"Authorization": f"Bearer {replica_key('admin-secret', url + '/')}"},
+                    {"X-API-Key": skops_replica.key}):
+        refused = httpx.post(infer, json=payload, headers=headers)
+        assert refused.status_code == 401, headers
+        assert "router" in error_of(refused) and refused.headers["connection"] == "close"
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2", f"/v2/models/{NAME}"):
+        assert httpx.get(f"{url}{path}").status_code == 401, path
+    shown = {"Authorization": f"bearer  {skops_replica.key}"}  # the scheme is case-insensitive
+    assert httpx.post(infer, json=payload, headers=shown).status_code == 200
+
+    # refused on its head: no 100 Continue, the body is never read, nothing after it is answered
+    with socket.create_connection(("127.0.0.1", skops_replica.port), timeout=10) as sock:
+        sock.sendall(f"POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: x\r\n".encode()
+                     + b"Content-Length: 50000000\r\nExpect: 100-continue\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 401 Unauthorized\r\n") and received.count(b"HTTP/1.1") == 1
+
+
+def test_without_a_key_the_server_answers_anyone(replicas):
+    standalone = replicas["cloudpickle"]
+    assert standalone.key is None
+    assert httpx.get(f"{standalone.url}/v2/health/ready").status_code == 200
+
+
+def test_the_key_is_taken_out_of_the_environment_before_anything_runs(monkeypatch):
+    """Neither the model's code nor any process it starts inherits the key."""
+    seen = {}
+
+    async def fake_serve(args, key=None):
+        seen.update(key=key, env=os.environ.get("FERMI_REPLICA_KEY"))
+        return 0
+
+    monkeypatch.setenv("FERMI_REPLICA_KEY", "k-123")
+    monkeypatch.setattr(server, "serve", fake_serve)
+    assert server.main(["--model-dir", "d", "--model-name", "m", "--model-version", "1",
+                        "--port", "0"]) == 0
+    assert seen == {"key": "k-123", "env": None}
+    assert "FERMI_REPLICA_KEY" not in os.environ
 
 
 def test_live_at_once_ready_only_once_loaded(models, tmp_path):

@@ -19,6 +19,12 @@ canary gets traffic, and what drains. Here a replica is a *slot* of a Kubernetes
 Either way a canary is a second revision with its own workload, and the traffic percentages of
 the routing table are the router's. Nothing is polled per replica: Deployments (or
 InferenceServices) are watched, one watch for all.
+
+Replicas accept only the router: a revision's model server gets the key derived from
+``router_token`` and the Service URL handed to the router (``serving.replica_key``), and its
+readiness and liveness probes show it. Without a ``router_token``, and under KServe (whose model
+servers take no key), replicas answer whoever reaches them inside the cluster: a NetworkPolicy
+that admits only the router to their pods is then the guard, and a warning says so once.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from traitlets import Enum, Unicode, default
 
 from ...catalog.model import Pool, Profile
 from ...deployments.backend import ReplicaHandle, ReplicaLaunch, ServingBackend
+from ...serving.replica_key import ENV_REPLICA_KEY, ENV_VLLM_API_KEY, replica_key
 from .client import KubeClient, gather_quietly
 from .objects import (
     MANAGED_BY,
@@ -106,6 +113,7 @@ class KubeServingBackend(KubernetesSettings, ServingBackend):
         self._routes_sent: dict | None = None
         self._http = httpx.AsyncClient(timeout=2)
         self._publish_lock = asyncio.Lock()
+        self._warned_open_replicas = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -169,6 +177,7 @@ class KubeServingBackend(KubernetesSettings, ServingBackend):
         annotations = {SLOTS: json.dumps(slots)}
         revision = self._revision(launch)
         if self.kserve:
+            self._warn_open_replicas("KServe's model servers take no replica key")
             isvc = make_inference_service(revision, launch.runtime, self.kube_cluster,
                                           min_replicas=len(slots), max_replicas=len(slots),
                                           target_concurrency=1)
@@ -181,7 +190,34 @@ class KubeServingBackend(KubernetesSettings, ServingBackend):
         # the control plane's autoscaler sets the replicas; an HPA would fight it
         objects = [o for o in objects if o["kind"] != "HorizontalPodAutoscaler"]
         objects[0]["metadata"]["annotations"] = annotations
+        self._require_key(objects[0], self._url(name), revision.engine)
         return objects
+
+    def _require_key(self, deployment: dict, url: str, engine: str) -> None:
+        """Give the model server its key, and its probes the header (the kubelet is a stranger
+        to it too); vLLM leaves its /health open and checks the key on /v1 only."""
+        if not self.router_token:
+            self._warn_open_replicas("no router_token ($FERMI_ROUTER_TOKEN) is set")
+            return
+        key = replica_key(self.router_token, url)
+        container = next(c for c in deployment["spec"]["template"]["spec"]["containers"]
+                         if c["name"] == "model-server")
+        env = [e for e in container.get("env", [])
+               if e["name"] not in (ENV_REPLICA_KEY, ENV_VLLM_API_KEY)]
+        env.append({"name": ENV_VLLM_API_KEY if engine == "vllm" else ENV_REPLICA_KEY, "value": key})
+        container["env"] = env
+        if engine != "vllm":
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if "httpGet" in container.get(probe, {}):
+                    container[probe]["httpGet"]["httpHeaders"] = [
+                        {"name": "Authorization", "value": f"Bearer {key}"}]
+
+    def _warn_open_replicas(self, why: str) -> None:
+        if not self._warned_open_replicas:
+            self._warned_open_replicas = True
+            self.log.warning("%s: model-server replicas answer anyone who reaches them inside the "
+                             "cluster, without credentials; admit only the router to their pods "
+                             "(a NetworkPolicy)", why)
 
     async def _resize(self, name: str, slots: list[str]) -> None:
         """One PATCH: the slot list and the replica count together."""

@@ -2,6 +2,9 @@
 
 Replicas and the router run in sessions of their own, so a control plane that dies (even with
 -9) leaves every endpoint answering; the next one adopts them (pid + start time).
+
+Replicas accept only the router: each is started with its key (``serving.replica_key``, derived
+from the router's admin token and the replica's URL), which the router derives in turn.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from ...catalog.model import Pool, Profile
 from ...deployments.backend import ReplicaHandle, ReplicaLaunch, ServingBackend
 from ...jobs.files import read_json, write_json_atomic
 from ...processes import free_port, identity, is_alive, kill_tree, port_is_free
+from ...serving.replica_key import (ENV_REPLICA_KEY, ENV_VLLM_API_KEY, replica_auth_header,
+                                    replica_key)
+from ...workload_env import workload_env
 from .gpus import detect_gpus
-from .jobs import job_base_env
 
 
 class LocalServingBackend(ServingBackend):
@@ -84,7 +89,13 @@ class LocalServingBackend(ServingBackend):
         state = read_json(self.state_path) or {}
         if is_alive(state.get("pid"), state.get("started")):
             self._admin = f"http://127.0.0.1:{state['admin_port']}"
-            return
+            health = await self._admin_health()
+            if health is None or health.get("replica_keys") is True:
+                return
+            # a router from before replica keys: replicas started from now on would refuse it
+            self.log.warning("Restarting the router (pid %s): it does not send replica keys",
+                             state["pid"])
+            await asyncio.to_thread(kill_tree, state["pid"], state.get("started"), 10)
         if not self.routes_path.exists():
             write_json_atomic(self.routes_path, {"generation": 0, "deployments": {}})
         admin_port = state.get("admin_port")
@@ -97,7 +108,7 @@ class LocalServingBackend(ServingBackend):
              "--routes", str(self.routes_path), "--admin-port", str(admin_port),
              "--admin-token-file", str(self.token_path), "--hub-api-url", self.hub_api_url],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=job_base_env(), start_new_session=True,
+            env=workload_env(), start_new_session=True,
         )
         write_json_atomic(self.state_path, {"pid": process.pid, "started": identity(process.pid),
                                             "admin_port": admin_port})
@@ -111,14 +122,20 @@ class LocalServingBackend(ServingBackend):
         self.log.error("The router did not start; see %s", self.dir / "logs" / "router.log")
 
     async def _admin_ok(self) -> bool:
+        return await self._admin_health() is not None
+
+    async def _admin_health(self) -> dict | None:
         try:
             response = await self._http.get(f"{self._admin}/healthz", headers=self._auth())
-            return response.status_code == 200
-        except httpx.HTTPError:
-            return False
+            return response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def _token(self) -> str:
+        return self.token_path.read_text().strip()
 
     def _auth(self) -> dict:
-        return {"Authorization": f"token {self.token_path.read_text().strip()}"}
+        return {"Authorization": f"token {self._token()}"}
 
     def publish(self, routes: dict) -> None:
         write_json_atomic(self.routes_path, routes)
@@ -140,12 +157,17 @@ class LocalServingBackend(ServingBackend):
 
     async def start_replica(self, launch: ReplicaLaunch) -> ReplicaHandle:
         port = free_port()
-        env = {**job_base_env(), **launch.runtime.env}
+        url = f"http://127.0.0.1:{port}"
+        env = workload_env(launch.runtime.env)
+        # in the environment, not the command line, which every user of the machine can read
+        key = replica_key(self._token(), url)
         if launch.engine == "vllm":
+            env[ENV_VLLM_API_KEY] = key  # vLLM's server checks it as a Bearer token
             command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                        "--model", str(launch.model_dir), "--served-model-name", launch.model,
                        "--host", "127.0.0.1", "--port", str(port)]
         else:
+            env[ENV_REPLICA_KEY] = key
             command = [sys.executable, "-m", "fermi_extension.serving.server",
                        "--model-dir", str(launch.model_dir), "--model-name", launch.model,
                        "--model-version", launch.version, "--port", str(port)]
@@ -153,14 +175,15 @@ class LocalServingBackend(ServingBackend):
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         log.close()
-        return ReplicaHandle(process.pid, identity(process.pid), f"http://127.0.0.1:{port}")
+        return ReplicaHandle(process.pid, identity(process.pid), url)
 
     def alive(self, handle: ReplicaHandle) -> bool:
         return is_alive(handle.pid, handle.started)
 
     async def ready(self, handle: ReplicaHandle) -> bool:
         try:
-            response = await self._http.get(f"{handle.url}/v2/health/ready")
+            response = await self._http.get(f"{handle.url}/v2/health/ready",
+                                            headers=replica_auth_header(self._token(), handle.url))
             return response.status_code == 200
         except httpx.HTTPError:
             return False
