@@ -51,6 +51,8 @@ from common import (stop_and_wrap_up, record_failure, Platform, deploy, free_por
                     run_wrk, stop_on_sigterm, v2_body, wait_deployment, wine_rows,
                     wrk_script)
 
+from fermi_extension.serving.replica_key import replica_key
+
 MODEL = "wine-bench"
 ROUNDS = 3
 SECONDS = 10
@@ -253,6 +255,9 @@ def main() -> int:
         columns = {"inputs": [{"name": c, "shape": [1, 1], "datatype": "FP64", "data": [v]}
                               for c, v in zip(WINE_COLUMNS, row[0])]}
         auth = {"Authorization": f"Bearer {created['api_key']}"}
+        # a replica answers only the router: the direct baseline shows the key the router sends
+        master = (platform.data / "serving" / "admin-token").read_text().strip()
+        replica_auth = {"Authorization": f"Bearer {replica_key(master, replica['url'])}"}
         mls = f"http://127.0.0.1:{ports['http_port']}"
         targets = {
             "fermi": {"label": "Fermi (router -> 1 replica)",
@@ -260,7 +265,7 @@ def main() -> int:
                       "script": wrk_script(tmp / "fermi.lua", body, auth)},
             "replica": {"label": "Fermi replica directly (no router)",
                         "url": f"{replica['url']}/v2/models/{MODEL}/infer",
-                        "script": wrk_script(tmp / "replica.lua", body, {})},
+                        "script": wrk_script(tmp / "replica.lua", body, replica_auth)},
             "mlserver": {"label": "MLServer, sklearn runtime",
                          "url": f"{mls}/v2/models/{MODEL}/infer",
                          "script": wrk_script(tmp / "mlserver.lua", body, {})},
