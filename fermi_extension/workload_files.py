@@ -22,7 +22,6 @@ from pathlib import Path, PurePosixPath
 
 from .errors import Conflict
 
-_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO can't hang us
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -80,13 +79,15 @@ def _check_regular(fd: int, folder: Path, relative) -> os.stat_result:
     return info
 
 
-def open_for_reading(folder: Path, relative: str | os.PathLike):
-    """A binary file object of ``folder/relative``; FileNotFoundError when it is not there."""
+def _open_file(folder: Path, relative, flags: int, mode: int, *, create: bool, how: str):
+    """``folder/relative`` opened with ``flags`` (never following a link), checked to be a
+    regular file with a single name, as a file object opened ``how``."""
     parts = _parts(relative)
-    dir_fd = _open_folder(Path(folder), parts)
+    dir_fd = _open_folder(Path(folder), parts, create=create)
     try:
         try:
-            fd = os.open(parts[-1], _READ, dir_fd=dir_fd)
+            fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode,
+                         dir_fd=dir_fd)
         except OSError as error:
             if error.errno == errno.ELOOP:
                 raise _refuse(Path(folder), relative, "is a link") from None
@@ -98,8 +99,13 @@ def open_for_reading(folder: Path, relative: str | os.PathLike):
     except BaseException:
         os.close(fd)
         raise
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
+    os.set_blocking(fd, True)  # NONBLOCK was only for opening: a FIFO can't hang us
+    return os.fdopen(fd, how)
+
+
+def open_for_reading(folder: Path, relative: str | os.PathLike):
+    """A binary file object of ``folder/relative``; FileNotFoundError when it is not there."""
+    return _open_file(folder, relative, os.O_RDONLY, 0, create=False, how="rb")
 
 
 def read_bytes(folder: Path, relative: str | os.PathLike, *, offset: int = 0,
@@ -164,22 +170,5 @@ def write_json(folder: Path, relative: str | os.PathLike, data: dict) -> None:
 def open_for_appending(folder: Path, relative: str | os.PathLike, mode: int = 0o600):
     """A binary file object appending to ``folder/relative`` (created if missing); refused when
     what is there is a link, a hard link or not a regular file."""
-    parts = _parts(relative)
-    dir_fd = _open_folder(Path(folder), parts, create=True)
-    try:
-        try:
-            fd = os.open(parts[-1], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                         | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=dir_fd)
-        except OSError as error:
-            if error.errno == errno.ELOOP:
-                raise _refuse(Path(folder), relative, "is a link") from None
-            raise
-    finally:
-        os.close(dir_fd)
-    try:
-        _check_regular(fd, Path(folder), relative)
-    except BaseException:
-        os.close(fd)
-        raise
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "ab")
+    return _open_file(folder, relative, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode,
+                      create=True, how="ab")

@@ -21,7 +21,7 @@ import pytest
 
 from fermi_extension.workload_env import WORKLOAD_ENV_ALLOWED
 
-from .platform import make_notebook
+from .platform import make_notebook, start_platform
 
 pytestmark = pytest.mark.hub
 
@@ -221,10 +221,23 @@ def test_a_hidden_image_is_unknown_to_users_by_its_slug(platform, admin, alice):
 # -- 8. the data dir is private -------------------------------------------------------------------
 
 
-def test_the_data_dir_and_its_files_are_readable_by_this_account_only(platform):
-    assert stat.S_IMODE(platform.data.stat().st_mode) == 0o700
-    for name in ("jupyterhub.sqlite", "fermi.sqlite", "logs/hub.log", "platform.json"):
-        assert (platform.data / name).exists(), name
-    # the databases and logs the review named (folders made by dev servers and jobs: issue 14)
-    for name in ("jupyterhub.sqlite", "fermi.sqlite", "logs/hub.log", "platform.json"):
-        assert stat.S_IMODE((platform.data / name).stat().st_mode) & 0o077 == 0, name
+def test_the_data_dir_and_its_files_are_readable_by_this_account_only(tmp_path):
+    """On a platform of its own: the session's platform holds files the tests themselves write
+    (notebooks put in users' homes, links planted above), which are not the platform's."""
+    own = start_platform(tmp_path / "data")
+    try:
+        alice = own.user("alice")
+        assert alice.wait(alice.submit(make_notebook())["id"])["status"] == "succeeded"
+        assert stat.S_IMODE(own.data.stat().st_mode) == 0o700
+        for name in ("jupyterhub.sqlite", "fermi.sqlite", "logs/hub.log", "platform.json"):
+            assert (own.data / name).exists(), name
+        readable = []
+        for folder, dirs, files in os.walk(own.data):
+            for entry in [*dirs, *files]:
+                path = os.path.join(folder, entry)
+                info = os.lstat(path)
+                if not stat.S_ISLNK(info.st_mode) and info.st_mode & 0o077:
+                    readable.append(f"{oct(stat.S_IMODE(info.st_mode))} {path}")
+        assert readable == []
+    finally:
+        own.stop()
