@@ -19,7 +19,7 @@ def cmd_up(args) -> int:
 
 
 def _client(args):
-    from .client import Client
+    from .platform_client import Client
 
     return Client(api_url=args.url and args.url.rstrip("/") + "/services/fermi/api")
 
@@ -168,7 +168,7 @@ def cmd_catalog_export(args) -> int:
 
 
 def cmd_catalog_import(args) -> int:
-    from .client import APIError
+    from .platform_client import APIError
 
     path = Path(args.file)
     if not path.is_file():
@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "up":
         return args.func(args)
-    from .client import APIError
+    from .platform_client import APIError
     from .errors import FermiError
 
     try:

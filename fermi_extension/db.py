@@ -92,7 +92,7 @@ class JobEvent(Base):
 
 
 class CatalogItem(Base):
-    """One image, profile or pool; ``data`` is validated by ``catalog.model`` on the way in."""
+    """One image, profile or pool; ``data`` is validated by ``catalog.schema`` on the way in."""
 
     __tablename__ = "catalog_items"
 

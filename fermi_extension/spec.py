@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from .catalog.model import Image, Profile, Toleration
+from .catalog.schema import Image, Profile, Toleration
 
 
 class DatasetMount(BaseModel):

@@ -167,7 +167,7 @@ class Platform:
         log_dir.mkdir(exist_ok=True)
         output = None if self.log_to_terminal else open(log_dir / "hub.log", "ab")
         self.hub = subprocess.Popen(
-            [sys.executable, "-m", "fermi_extension.hub", "-f", str(shipped("hub_config") / "jupyterhub_config.py")],
+            [sys.executable, "-m", "fermi_extension.start_hub", "-f", str(shipped("hub_config") / "jupyterhub_config.py")],
             cwd=self.data, env=env, stdout=output, stderr=subprocess.STDOUT if output else None,
             start_new_session=True,  # Ctrl-C reaches `fermi up` only, which stops things in order
             preexec_fn=die_with_parent,

@@ -21,7 +21,7 @@ from typing import Any
 
 import ipywidgets as w
 
-from .client import APIError, Client
+from .platform_client import APIError, Client
 from .i18n import translate as _
 from .jobs.parameters import Parameter, detect_parameters
 

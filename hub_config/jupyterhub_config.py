@@ -92,7 +92,7 @@ c.JupyterHub.services = [
         "name": "fermi",
         "display": True,
         "url": f"http://127.0.0.1:{ports['service']}",
-        "command": [sys.executable, "-m", "fermi_extension.service.app"],
+        "command": [sys.executable, "-m", "fermi_extension.control_plane.app"],
         "environment": {
             **keep,
             "FERMI_DATA_DIR": str(data),

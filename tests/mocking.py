@@ -13,7 +13,7 @@ import time
 
 from traitlets import Bool, Unicode
 
-from fermi_extension.catalog.model import Pool, Profile
+from fermi_extension.catalog.schema import Pool, Profile
 from fermi_extension.jobs.backend import Handle, JobBackend, JobLaunch, Outcome
 from fermi_extension.jobs.files import JobFiles
 

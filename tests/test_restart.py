@@ -33,8 +33,8 @@ def command_line(process: psutil.Process | None) -> str:
         return ""
 
 
-MARKERS = (("hub", "-m fermi_extension.hub -f"), ("proxy", "configurable-http-proxy"),
-           ("control plane", "fermi_extension.service.app"),
+MARKERS = (("hub", "-m fermi_extension.start_hub -f"), ("proxy", "configurable-http-proxy"),
+           ("control plane", "fermi_extension.control_plane.app"),
            ("tracking", "fermi_extension.tracking.server"),
            ("launcher", "fermi_extension.backends.local.launcher"))
 

@@ -141,7 +141,7 @@ def test_a_planted_link_in_a_job_folder_is_not_followed(platform, alice, bob):
 
 def control_plane_environment(platform) -> dict[str, str]:
     for process in psutil.process_iter(["cmdline"]):
-        if "fermi_extension.service.app" in " ".join(process.info["cmdline"] or ()):
+        if "fermi_extension.control_plane.app" in " ".join(process.info["cmdline"] or ()):
             try:
                 env = process.environ()
             except psutil.Error:

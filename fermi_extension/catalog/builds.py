@@ -20,7 +20,7 @@ from .. import workload_files
 from ..caller import Caller, audit
 from ..db import ImageBuild, utcnow
 from ..errors import Forbidden, NotFound, Unprocessable
-from .model import SLUG, check_reference
+from .schema import SLUG, check_reference
 
 
 class CreateBuild(BaseModel):

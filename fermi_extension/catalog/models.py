@@ -7,7 +7,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from .model import Image, Pool, Profile
+from .schema import Image, Pool, Profile
 
 Action = Literal["create", "update", "delete", "revert", "import"]
 

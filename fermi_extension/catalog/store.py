@@ -14,7 +14,7 @@ from sqlalchemy.orm import sessionmaker
 
 from ..db import CatalogItem, CatalogRevision
 from ..errors import InvalidInput, NotFound
-from .model import Catalog, Image, Pool, Profile
+from .schema import Catalog, Image, Pool, Profile
 
 KINDS = {"images": Image, "profiles": Profile, "pools": Pool}
 

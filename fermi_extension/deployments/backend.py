@@ -7,7 +7,7 @@ from pathlib import Path
 
 from traitlets.config import LoggingConfigurable
 
-from ..catalog.model import Pool, Profile
+from ..catalog.schema import Pool, Profile
 from ..spec import RuntimeSpec
 
 

@@ -22,10 +22,10 @@ from ..caller import Caller, audit, owned
 from ..catalog.store import CatalogStore
 from ..db import Deployment, DeploymentEvent, Replica, Revision, UsageRecord, utcnow
 from ..errors import Conflict, InvalidInput, NotFound, Unprocessable
-from ..quotas import QuotaService
+from ..quotas.service import QuotaService
 from ..registry.service import ModelRepository
 from ..spec import RuntimeSpec, runtime_spec
-from ..tracking.client import Tracker
+from ..tracking.tracker import Tracker
 from .autoscale import Autoscaler
 from .backend import ReplicaHandle, ReplicaLaunch, ServingBackend
 from .models import (

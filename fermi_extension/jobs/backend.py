@@ -7,7 +7,7 @@ from typing import Any
 
 from traitlets.config import LoggingConfigurable
 
-from ..catalog.model import Pool, Profile
+from ..catalog.schema import Pool, Profile
 from ..spec import DatasetMount, RuntimeSpec
 from .files import JobFiles
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..catalog.model import Pool
+from ..catalog.schema import Pool
 
 
 @dataclass(frozen=True)

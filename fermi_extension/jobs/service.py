@@ -20,17 +20,17 @@ from typing import Callable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..catalog.model import Image, Profile
+from ..catalog.schema import Image, Profile
 from ..catalog.store import CatalogStore
 from .. import workload_files
 from ..caller import Caller, audit, owned
 from ..db import Job, JobEvent, UsageRecord, utcnow
-from ..datasets import DatasetService
-from ..quotas import QuotaService
+from ..datasets.service import DatasetService
+from ..quotas.service import QuotaService
 from ..registry.service import version_refusal
 from ..errors import Conflict, InvalidInput, NotFound, Unavailable, Unprocessable
 from ..spec import DatasetMount, RuntimeSpec, runtime_spec
-from ..tracking.client import Tracker, TrackingError
+from ..tracking.tracker import Tracker, TrackingError
 from .backend import Handle, JobBackend, JobLaunch, Outcome
 from .files import JobFiles, read_json
 from .models import STATUSES, CreateJob, DescribeJob, JobLogs, check_job_name

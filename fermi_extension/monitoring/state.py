@@ -18,9 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from .. import db
-from ..catalog.model import Catalog, Pool, Profile
+from ..catalog.schema import Catalog, Pool, Profile
 from ..db import Deployment, GpuAssignment, Job, Replica
-from .hub import HubClient, HubView
+from .hub_view import HubClient, HubView
 from .traffic import TrafficHistory
 
 log = logging.getLogger("fermi.monitoring")

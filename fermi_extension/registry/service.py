@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..db import GroupMember, Job, RegisteredModel
 from ..errors import Forbidden, NotFound
 from ..caller import Caller, audit
-from ..tracking.client import Tracker
+from ..tracking.tracker import Tracker
 from .models import DescribeModel, JobLineage, ModelSummary, ModelVersionOut
 
 

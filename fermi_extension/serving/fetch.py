@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..tracking.client import Tracker
+from ..tracking.tracker import Tracker
 
 
 async def fetch(uri: str, target: Path) -> None:

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from ..caller import Caller
-from ..catalog.model import Catalog
+from ..catalog.schema import Catalog
 from ..db import AuditEvent, UsageRecord
 from ..errors import InvalidInput, NotFound
 

@@ -20,9 +20,9 @@ from tornado import web
 from traitlets import List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from fermi_extension.catalog.model import Catalog, Image, Pool, Profile
+from fermi_extension.catalog.schema import Catalog, Image, Pool, Profile
 from fermi_extension.catalog.store import CatalogStore
-from fermi_extension.datasets import (
+from fermi_extension.datasets.service import (
     DatasetPolicy,
     DatasetService,
     dataset_claims_from_env,
@@ -239,7 +239,7 @@ class FermiSpawnerMixin(LoggingConfigurable):
     def check_quota(self, gpus: int) -> None:
         """The user's and their groups' quotas (GPUs at once, spend this month) — the same
         check as submitting a job or deploying, on the same database."""
-        from fermi_extension.quotas import QuotaService
+        from fermi_extension.quotas.service import QuotaService
 
         try:
             QuotaService(self.platform_sessions()).admit(self.caller(), gpus=gpus)

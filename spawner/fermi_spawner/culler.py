@@ -30,7 +30,7 @@ Timeouts = tuple[dict[str, int], "str | None"]
 
 
 def timeouts_from_profiles(profiles: list[dict]) -> Timeouts:
-    """From catalogue profiles (in catalogue order), as ``catalog.model.Catalog`` defines them:
+    """From catalogue profiles (in catalogue order), as ``catalog.schema.Catalog`` defines them:
     the default profile is the one marked ``default``, else the first."""
     minutes = {p["slug"]: int(p.get("idle_cull_minutes", 60)) for p in profiles}
     default = next((p["slug"] for p in profiles if p.get("default")),

@@ -16,7 +16,7 @@ import copy
 from kubespawner import KubeSpawner
 from traitlets import Float, default, validate
 
-from fermi_extension.catalog.model import Catalog, Image, Profile, parse_memory_bytes
+from fermi_extension.catalog.schema import Catalog, Image, Profile, parse_memory_bytes
 from fermi_extension.spec import runtime_spec
 
 from .base import FermiSpawnerMixin, spawn_error

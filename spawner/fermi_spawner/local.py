@@ -17,9 +17,9 @@ from fermi_extension.backends.local.gpus import (
     server_holder,
     visible_devices,
 )
-from fermi_extension.catalog.model import Image, Pool, Profile, gpus, parse_memory_bytes
+from fermi_extension.catalog.schema import Image, Pool, Profile, gpus, parse_memory_bytes
 
-from fermi_extension.datasets import link_datasets
+from fermi_extension.datasets.service import link_datasets
 from .base import FermiSpawnerMixin, spawn_error
 from .options import ProfileView, Resolved
 

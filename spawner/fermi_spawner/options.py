@@ -29,7 +29,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from fermi_extension.catalog.model import Catalog, Image, Profile, gpus
+from fermi_extension.catalog.schema import Catalog, Image, Profile, gpus
 from fermi_extension.spec import RuntimeSpec, runtime_spec
 
 OPTION_KEYS = ("profile", "image", "image_version", "datasets")

@@ -31,7 +31,7 @@ from pathlib import Path
 from kmock import KubernetesEmulator, Server
 from kubernetes_asyncio import client as kclient
 
-from fermi_extension.backends.kubernetes.client import KubeClient, KubeError
+from fermi_extension.backends.kubernetes.kube_client import KubeClient, KubeError
 
 NAMESPACE = "fermi"
 CORE_RESOURCES = ["batch/v1/jobs", "v1/pods", "v1/services", "v1/configmaps", "apps/v1/deployments",

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from fermi_extension.caller import Caller
 from fermi_extension.catalog.store import CatalogStore, load_catalog_file
-from fermi_extension.datasets import CreateDataset, DatasetPolicy, DatasetService
+from fermi_extension.datasets.service import CreateDataset, DatasetPolicy, DatasetService
 from fermi_extension.errors import Unprocessable
 from fermi_extension.db import Deployment, Job, JobEvent, Replica, Revision, make_session_factory
 from fermi_extension.deployments import service as deployments_service
@@ -237,7 +237,7 @@ async def test_the_deployment_controller_runs_revisions_as_kubernetes_deployment
 
 async def test_gpu_replicas_stay_within_the_owners_gpu_quota(kube, tmp_path):
     from fermi_extension.db import DeploymentEvent
-    from fermi_extension.quotas import QuotaLimits, QuotaService
+    from fermi_extension.quotas.service import QuotaLimits, QuotaService
 
     factory = factory_for(tmp_path)
     backend = await kube.serving_backend()

@@ -227,7 +227,7 @@ async def test_an_image_build_is_a_kaniko_job_and_its_log(kube, tmp_path):
 
 
 def test_one_switch_selects_the_backends(monkeypatch):
-    from fermi_extension.service.app import FermiService
+    from fermi_extension.control_plane.app import FermiService
 
     monkeypatch.setenv("FERMI_BACKEND", "kubernetes")
     service = FermiService()

@@ -25,13 +25,13 @@ from fermi_extension import db
 from fermi_extension.catalog.store import CatalogStore, load_catalog_file
 from fermi_extension.db import Deployment, GpuAssignment, Job, Replica, make_session_factory
 from fermi_extension.monitoring.grafana import dashboard_json
-from fermi_extension.monitoring.hub import HubServer, HubView, view_from_users
+from fermi_extension.monitoring.hub_view import HubServer, HubView, view_from_users
 from fermi_extension.monitoring.rules import RULES, Evaluator, rule, rules_yaml
 from fermi_extension.monitoring.state import Monitor
 from fermi_extension.monitoring.traffic import Sample, increase
 from fermi_extension.paths import shipped
-from fermi_extension.service.alerts import render as render_alerts
-from fermi_extension.service.metrics import render as render_metrics
+from fermi_extension.control_plane.alerts import render as render_alerts
+from fermi_extension.control_plane.metrics import render as render_metrics
 from tests.mocking import T0
 
 ROOT = Path(__file__).resolve().parents[2]

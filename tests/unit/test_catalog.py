@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fermi_extension.catalog.model import Catalog, Image, Profile
+from fermi_extension.catalog.schema import Catalog, Image, Profile
 from fermi_extension.catalog.store import CatalogStore, load_catalog_file
 from fermi_extension.db import make_session_factory
 from fermi_extension.errors import InvalidInput, NotFound

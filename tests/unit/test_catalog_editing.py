@@ -10,7 +10,7 @@ import yaml
 from sqlalchemy import func, select
 
 from fermi_extension.caller import Caller
-from fermi_extension.catalog.editing import (
+from fermi_extension.catalog.service import (
     ANY,
     CatalogEditor,
     PreconditionRequired,
@@ -20,7 +20,7 @@ from fermi_extension.catalog.editing import (
     parse_catalog_document,
     parse_if_match,
 )
-from fermi_extension.catalog.model import Catalog, Image, check_reference
+from fermi_extension.catalog.schema import Catalog, Image, check_reference
 from fermi_extension.catalog.store import CatalogStore, load_catalog_file
 from fermi_extension.db import AuditEvent, CatalogItem, CatalogRevision, make_session_factory
 from fermi_extension.errors import Conflict, Forbidden, InvalidInput, NotFound

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from fermi_extension.caller import Caller
-from fermi_extension.datasets import (
+from fermi_extension.datasets.service import (
     CreateDataset,
     DatasetPolicy,
     DatasetService,

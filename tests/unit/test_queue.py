@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fermi_extension.catalog.model import Pool
+from fermi_extension.catalog.schema import Pool
 from fermi_extension.jobs.queue import PoolUse, Waiting, plan_starts
 
 POOLS = {

@@ -12,8 +12,8 @@ from fermi_extension.db import (AuditEvent, Deployment, GpuAssignment, Job, Usag
                                 make_session_factory, utcnow)
 from fermi_extension.errors import Forbidden, InvalidInput, NotFound
 from fermi_extension.jobs.queue import Waiting, plan_starts
-from fermi_extension.catalog.model import Pool
-from fermi_extension.quotas import QuotaLimits, QuotaService
+from fermi_extension.catalog.schema import Pool
+from fermi_extension.quotas.service import QuotaLimits, QuotaService
 
 ADMIN = Caller("root", admin=True)
 ALICE = Caller("alice", groups=("lab",))

@@ -21,7 +21,7 @@ from fermi_extension.backends.local.gpus import (
     server_holder,
 )
 from fermi_extension.backends.local.jobs import LocalJobBackend
-from fermi_extension.catalog.model import Catalog
+from fermi_extension.catalog.schema import Catalog
 from fermi_extension.catalog.store import CatalogStore
 from fermi_extension.caller import Caller
 from fermi_extension.db import GpuAssignment, Job, UsageRecord, make_session_factory

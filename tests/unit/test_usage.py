@@ -11,7 +11,7 @@ from fermi_extension.db import UsageRecord, make_session_factory
 from fermi_extension.catalog.store import load_catalog_file
 from fermi_extension.errors import InvalidInput, NotFound, http_status
 from fermi_extension.paths import shipped
-from fermi_extension.monitoring.hub import view_from_users
+from fermi_extension.monitoring.hub_view import view_from_users
 from fermi_extension.monitoring.overview import build
 from fermi_extension.monitoring.traffic import Sample
 from fermi_extension.usage.service import UsageService, cents, month_slices, preview, to_csv

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from traitlets import Unicode
 
-from .client import KubeClient, KubeError, gather_quietly
+from .kube_client import KubeClient, KubeError, gather_quietly
 from .jobs import JOB_NAME_LABELS, ended_condition, trim_job, trim_pod
 from .objects import MANAGED_BY, make_kaniko_build
 from .settings import KubernetesSettings

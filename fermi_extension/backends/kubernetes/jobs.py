@@ -15,10 +15,10 @@ import secrets
 
 from traitlets import Int
 
-from ...catalog.model import Pool, Profile
+from ...catalog.schema import Pool, Profile
 from ...jobs.backend import Handle, JobBackend, JobLaunch, Outcome
 from ...jobs.files import JobFiles, read_json, write_json_atomic
-from .client import KubeClient, KubeError
+from .kube_client import KubeClient, KubeError
 from .objects import MANAGED_BY, job_name, make_job
 from .settings import KubernetesSettings
 from .storage import PvcStorage, S3Storage

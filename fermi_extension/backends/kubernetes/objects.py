@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from ...catalog.model import Catalog
+from ...catalog.schema import Catalog
 from ...spec import RuntimeSpec
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "fermi"}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from ...catalog.model import Catalog
+from ...catalog.schema import Catalog
 from ...catalog.store import load_catalog_file
 from ...errors import InvalidInput
 from ...jobs.notebook import load_notebook

@@ -37,10 +37,10 @@ from pathlib import Path
 import httpx
 from traitlets import Enum, Unicode, default
 
-from ...catalog.model import Pool, Profile
+from ...catalog.schema import Pool, Profile
 from ...deployments.backend import ReplicaHandle, ReplicaLaunch, ServingBackend
 from ...serving.replica_key import ENV_REPLICA_KEY, ENV_VLLM_API_KEY, replica_key
-from .client import KubeClient, gather_quietly
+from .kube_client import KubeClient, gather_quietly
 from .objects import (
     MANAGED_BY,
     ServingRevision,

@@ -8,8 +8,8 @@ import os
 from traitlets import Bool, Enum, Int, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from ...datasets import DatasetPolicy
-from .client import KubeClient
+from ...datasets.service import DatasetPolicy
+from .kube_client import KubeClient
 from .objects import Cluster, Storage
 
 

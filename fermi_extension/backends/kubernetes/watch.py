@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Callable
 
-from .client import KubeClient, KubeError
+from .kube_client import KubeClient, KubeError
 
 log = logging.getLogger("fermi.kubernetes")
 

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
-from ...catalog.model import Profile, gpus as gpu_words
+from ...catalog.schema import Profile, gpus as gpu_words
 from ...db import GpuAssignment, utcnow
 from ...errors import Unavailable
 from ...processes import identity, is_alive

@@ -9,12 +9,12 @@ import sys
 
 from traitlets import Int, List, Unicode
 
-from ...catalog.model import Pool, Profile
+from ...catalog.schema import Pool, Profile
 from ...db import make_session_factory
 from ...jobs.backend import Handle, JobBackend, JobLaunch, Outcome
 from ...jobs.files import JobFiles, read_json
 from ...processes import identity, is_alive, kill_tree
-from ...datasets import link_datasets
+from ...datasets.service import link_datasets
 from ...spec import DatasetMount, RuntimeSpec
 from ...workload_env import workload_env
 from .gpus import GpuAllocator, gpu_availability, gpu_inventory, job_holder, visible_devices

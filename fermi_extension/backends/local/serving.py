@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 from traitlets import Int, Unicode, default
 
-from ...catalog.model import Pool, Profile
+from ...catalog.schema import Pool, Profile
 from ...deployments.backend import ReplicaHandle, ReplicaLaunch, ServingBackend
 from ...jobs.files import read_json, write_json_atomic
 from ...processes import free_port, identity, is_alive, kill_tree, port_is_free

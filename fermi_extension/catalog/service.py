@@ -26,7 +26,7 @@ from .. import db
 from ..caller import Caller, audit
 from ..db import CatalogItem, CatalogRevision
 from ..errors import Conflict, FermiError, Forbidden, InvalidInput, NotFound
-from .model import Catalog
+from .schema import Catalog
 from .models import (
     ImportPlan,
     ItemDeleted,

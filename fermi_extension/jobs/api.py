@@ -1,9 +1,13 @@
-"""/api/jobs: submit, list, describe, logs, executed notebook, cancel, retry."""
+"""/api/jobs: submit, list, describe, logs, executed notebook, cancel, retry.
+
+/api/schedules: jobs submitted again at each time of a cron expression.
+"""
 
 from __future__ import annotations
 
-from ..jobs.models import CreateJob, DescribeJob, JobLogs, ListJobsResponse
-from .base import APIHandler, operation
+from .models import CreateJob, DescribeJob, JobLogs, ListJobsResponse
+from .schedules import CreateSchedule, DescribeSchedule, ListSchedules
+from ..control_plane.base import APIHandler, operation
 
 
 class JobsHandler(APIHandler):
@@ -63,6 +67,30 @@ class JobRetryHandler(APIHandler):
         self.send(self.settings["jobs"].retry(self.caller, job_id), 201)
 
 
+class SchedulesHandler(APIHandler):
+    @operation("List your schedules (admins: everyone's)", response=ListSchedules)
+    def get(self):
+        self.send(self.settings["schedules"].list(self.caller))
+
+    @operation("Schedule a notebook as a periodic training job (checked like a submission)",
+               request=CreateSchedule, response=DescribeSchedule, status=201)
+    def post(self):
+        self.send(self.settings["schedules"].create(self.caller, self.parse(CreateSchedule)), 201)
+
+
+class ScheduleHandler(APIHandler):
+    @operation("Describe a schedule: its next run, last job and last error",
+               response=DescribeSchedule)
+    def get(self, schedule_id: str):
+        self.send(self.settings["schedules"].get(self.caller, schedule_id))
+
+    @operation("Delete a schedule (jobs it already submitted stay)", status=204)
+    def delete(self, schedule_id: str):
+        self.settings["schedules"].delete(self.caller, schedule_id)
+        self.set_status(204)
+        self.finish()
+
+
 routes = [
     ("/api/jobs", JobsHandler),
     ("/api/jobs/{job_id}", JobHandler),
@@ -70,4 +98,6 @@ routes = [
     ("/api/jobs/{job_id}/output", JobOutputHandler),
     ("/api/jobs/{job_id}/cancel", JobCancelHandler),
     ("/api/jobs/{job_id}/retry", JobRetryHandler),
+    ("/api/schedules", SchedulesHandler),
+    ("/api/schedules/{schedule_id}", ScheduleHandler),
 ]

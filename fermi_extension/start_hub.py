@@ -1,4 +1,4 @@
-"""`python -m fermi_extension.hub`: JupyterHub itself, started without its costliest optional
+"""`python -m fermi_extension.start_hub`: JupyterHub itself, started without its costliest optional
 import (see ``processes.skip_optional_imports``). Arguments are JupyterHub's."""
 
 from .processes import skip_optional_imports

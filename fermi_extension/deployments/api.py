@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from ..deployments.models import (
+from .models import (
     CreateDeployment,
     DescribeDeployment,
     ListDeploymentsResponse,
     UpdateDeployment,
 )
-from .base import APIHandler, operation
+from ..control_plane.base import APIHandler, operation
 
 
 class DeploymentsHandler(APIHandler):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..workflows import CreateWorkflow, DescribeRun, DescribeWorkflow, WorkflowList
-from .base import APIHandler, operation
+from .service import CreateWorkflow, DescribeRun, DescribeWorkflow, WorkflowList
+from ..control_plane.base import APIHandler, operation
 
 
 class WorkflowsHandler(APIHandler):

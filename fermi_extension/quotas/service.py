@@ -22,9 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from .caller import Caller, audit
-from .db import Deployment, GpuAssignment, GroupMember, Job, Quota, Replica, UsageRecord, utcnow
-from .errors import Forbidden, InvalidInput, NotFound
+from ..caller import Caller, audit
+from ..db import Deployment, GpuAssignment, GroupMember, Job, Quota, Replica, UsageRecord, utcnow
+from ..errors import Forbidden, InvalidInput, NotFound
 
 FIELDS = ("gpus", "running_jobs", "deployments", "monthly_spend")
 WHAT = {"gpus": "GPUs in use", "running_jobs": "running jobs", "deployments": "deployments",

@@ -6,7 +6,7 @@ kind, and the cost analysis (waste: idle GPU dev environments, over-provisioned 
 from __future__ import annotations
 
 from ..errors import InvalidInput
-from ..usage.service import (
+from .service import (
     TOTALS_BY,
     AuditPage,
     CostPreview,
@@ -15,8 +15,8 @@ from ..usage.service import (
     preview,
     to_csv,
 )
-from ..usage.waste import WasteReport, analyse
-from .base import APIHandler, operation
+from .waste import WasteReport, analyse
+from ..control_plane.base import APIHandler, operation
 
 FORMATS = ("json", "csv")
 

@@ -23,11 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from .caller import Caller, audit, owned
-from .db import Job, Workflow, WorkflowRun, utcnow
-from .deployments.models import Canary, CreateDeployment, UpdateDeployment
-from .errors import FermiError, InvalidInput, NotFound
-from .jobs.models import CreateJob
+from ..caller import Caller, audit, owned
+from ..db import Job, Workflow, WorkflowRun, utcnow
+from ..deployments.models import Canary, CreateDeployment, UpdateDeployment
+from ..errors import FermiError, InvalidInput, NotFound
+from ..jobs.models import CreateJob
 
 log = logging.getLogger("fermi.workflows")
 

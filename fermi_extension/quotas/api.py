@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..quotas import DescribeQuota, MyQuota, QuotaLimits, QuotaList
-from .base import APIHandler, operation
+from .service import DescribeQuota, MyQuota, QuotaLimits, QuotaList
+from ..control_plane.base import APIHandler, operation
 
 
 class QuotasHandler(APIHandler):

@@ -29,10 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from .caller import Caller, audit
-from .db import Dataset, DatasetVersion
-from .errors import Conflict, InvalidInput, NotFound, Unprocessable
-from .spec import DatasetMount
+from ..caller import Caller, audit
+from ..db import Dataset, DatasetVersion
+from ..errors import Conflict, InvalidInput, NotFound, Unprocessable
+from ..spec import DatasetMount
 
 NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 CLAIM = r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?"  # a PersistentVolumeClaim's name (DNS subdomain)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..registry.models import DescribeModel, ListModelsResponse, ShareModel
-from .base import APIHandler, operation
+from .models import DescribeModel, ListModelsResponse, ShareModel
+from ..control_plane.base import APIHandler, operation
 
 
 class ModelsHandler(APIHandler):

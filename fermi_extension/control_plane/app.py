@@ -27,20 +27,27 @@ from ..jobs.notebook import warm_up as warm_up_notebook_validation
 from ..jobs.service import JobRunner, JobService
 from ..paths import shipped
 from ..processes import die_with_parent
-from ..tracking.client import Tracker
+from ..tracking.tracker import Tracker
 from ..deployments.backend import ServingBackend
 from ..deployments.service import DeploymentController, DeploymentService
 from ..registry.service import ModelRepository
 from ..usage.service import UsageService
 from ..jobs.schedules import ScheduleService
-from ..datasets import (DatasetPolicy, DatasetService, dataset_claims_from_env,
+from ..datasets.service import (DatasetPolicy, DatasetService, dataset_claims_from_env,
                         dataset_roots_from_env)
-from ..quotas import QuotaService
-from ..workflows import WorkflowService
-from . import api_builds, api_catalog, api_datasets, api_deployments, api_workflows, api_jobs, api_models, api_quotas, api_schedules, api_usage
+from ..quotas.service import QuotaService
+from ..workflows.service import WorkflowService
+from ..catalog import api as catalog_api
+from ..datasets import api as datasets_api
+from ..deployments import api as deployments_api
+from ..jobs import api as jobs_api
+from ..quotas import api as quotas_api
+from ..registry import api as registry_api
+from ..usage import api as usage_api
+from ..workflows import api as workflows_api
 from . import admin_pages
 from . import alerts as alerts_api, dashboard
-from ..monitoring.hub import HubClient
+from ..monitoring.hub_view import HubClient
 from ..monitoring.state import Monitor
 from .metrics import MetricsHandler
 from .pages import GuideHandler, HomeHandler
@@ -55,9 +62,9 @@ BACKENDS = {
                    "fermi_extension.backends.kubernetes.serving.KubeServingBackend"),
 }
 
-ROUTES = [*api_builds.routes, *api_catalog.routes, *api_jobs.routes, *api_schedules.routes,
-          *api_models.routes, *api_deployments.routes, *api_usage.routes, *api_quotas.routes,
-          *api_datasets.routes, *api_workflows.routes]
+# one route table per domain (each domain's api.py), all under /api/
+ROUTES = [*catalog_api.routes, *jobs_api.routes, *registry_api.routes, *deployments_api.routes,
+          *usage_api.routes, *quotas_api.routes, *datasets_api.routes, *workflows_api.routes]
 ROUTES += [*dashboard.routes, *alerts_api.routes]  # operating the platform: dashboard, alerts
 
 

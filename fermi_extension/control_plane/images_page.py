@@ -14,9 +14,9 @@ from urllib.parse import quote
 
 from tornado import web
 
-from ..catalog.model import Image
+from ..catalog.schema import Image
 from .admin_pages import AdminPage
-from .api_catalog import visible_profiles
+from ..catalog.api import visible_profiles
 
 
 def _esc(value) -> str:

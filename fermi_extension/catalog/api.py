@@ -4,6 +4,8 @@ Each item carries its ``revision`` (also its ``ETag``); a change (PATCH, DELETE,
 which revision it applies to (``If-Match`` or a ``revision`` field), so that two admins never
 overwrite each other unseen. Every change is a new revision with its history, and an audit
 event. The domain logic is ``catalog.editing.CatalogEditor``; these handlers only translate HTTP.
+
+/api/catalog/builds: custom images built from a Dockerfile (admins).
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ import json
 
 from pydantic import BaseModel
 
-from ..catalog.editing import (
+from .service import (
     SINGULAR,
     CatalogEditor,
     expected_revision,
     parse_catalog_document,
 )
-from ..catalog.model import Catalog, Image, Pool, Profile
-from ..catalog.models import (
+from .schema import Catalog, Image, Pool, Profile
+from .models import (
     CatalogState,
     ImageItem,
     ImageList,
@@ -36,9 +38,10 @@ from ..catalog.models import (
     ProfileUpdate,
     RevertItem,
 )
-from ..catalog.store import ItemMeta
+from .store import ItemMeta
 from ..errors import InvalidInput, NotFound
-from .base import APIHandler, operation
+from .builds import CreateBuild, DescribeBuild
+from ..control_plane.base import APIHandler, operation
 
 
 def meta_fields(meta: ItemMeta | None) -> dict:
@@ -287,6 +290,19 @@ def item_handlers(kind: str, out: type[BaseModel], update: type[BaseModel]) -> l
     ]
 
 
+class BuildsHandler(APIHandler):
+    @operation("Build an image from a Dockerfile with this machine's builder (422 where none is "
+               "installed)", request=CreateBuild, response=DescribeBuild, status=202, admin=True)
+    def post(self):
+        self.send(self.settings["builds"].start(self.caller, self.parse(CreateBuild)), 202)
+
+
+class BuildHandler(APIHandler):
+    @operation("A build's status and log", response=DescribeBuild)
+    def get(self, build_id: str):
+        self.send(self.settings["builds"].get(self.caller, build_id))
+
+
 routes = [
     ("/api/catalog", CatalogDocumentHandler),
     ("/api/catalog/images", ImagesHandler),
@@ -295,4 +311,6 @@ routes = [
     *item_handlers("images", ImageItem, ImageUpdate),
     *item_handlers("profiles", ProfileOut, ProfileUpdate),
     *item_handlers("pools", PoolItem, PoolUpdate),
+    ("/api/catalog/builds", BuildsHandler),
+    ("/api/catalog/builds/{build_id}", BuildHandler),
 ]

@@ -3,8 +3,8 @@ a location may be is the admin's: ``datasets.DatasetPolicy``)."""
 
 from __future__ import annotations
 
-from ..datasets import CreateDataset, DatasetList, DescribeDataset, NewVersion, PatchDataset
-from .base import APIHandler, operation
+from .service import CreateDataset, DatasetList, DescribeDataset, NewVersion, PatchDataset
+from ..control_plane.base import APIHandler, operation
 
 
 class DatasetsHandler(APIHandler):

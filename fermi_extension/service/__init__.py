@@ -1,1 +1,0 @@
-"""The control plane: the hub service ``fermi`` (catalogue, jobs, models, deployments, usage, audit)."""
