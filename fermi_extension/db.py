@@ -8,7 +8,10 @@ is how a job that finished while the control plane was down is still accounted f
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
+from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import (
     JSON,
@@ -23,6 +26,8 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from .errors import FermiError
 
 
 def utcnow() -> dt.datetime:
@@ -233,18 +238,31 @@ class UsageRecord(Base):
     cost: Mapped[float] = mapped_column(Float)
 
 
+def platform_db_url(data_dir) -> str:
+    """The platform database of a data dir: $FERMI_DB_URL, else its SQLite file."""
+    import os
+
+    return os.environ.get("FERMI_DB_URL") or f"sqlite:///{os.path.join(data_dir, 'fermi.sqlite')}"
+
+
 def platform_db_url_from_env() -> str:
     """Where every platform process (hub, spawner, culler, control plane) finds the database:
     $FERMI_DB_URL, else the SQLite file of $FERMI_DATA_DIR (empty when neither is set)."""
     import os
 
-    if os.environ.get("FERMI_DB_URL"):
-        return os.environ["FERMI_DB_URL"]
     data = os.environ.get("FERMI_DATA_DIR")
-    return f"sqlite:///{os.path.join(data, 'fermi.sqlite')}" if data else ""
+    return os.environ.get("FERMI_DB_URL") or (platform_db_url(data) if data else "")
 
 
 def make_session_factory(url: str) -> sessionmaker:
+    """Sessions on the platform database, its schema brought to this version first
+    (``ensure_schema``)."""
+    engine = make_engine(url)
+    ensure_schema(engine)
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def make_engine(url: str):
     engine = create_engine(url, future=True)
     if url.startswith("sqlite"):
 
@@ -257,27 +275,165 @@ def make_session_factory(url: str) -> sessionmaker:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
-    Base.metadata.create_all(engine)
-    add_missing_nullable_columns(engine)
-    return sessionmaker(engine, expire_on_commit=False)
+    return engine
 
 
-def add_missing_nullable_columns(engine) -> None:
-    """A database made by an earlier version lacks the nullable columns added since
-    (``create_all`` makes only missing tables): add them, empty."""
-    from sqlalchemy import inspect, text
+# -- the schema: Alembic revisions in migrations/versions ------------------------------------------
 
-    inspector = inspect(engine)
-    with engine.begin() as connection:
-        for table in Base.metadata.sorted_tables:
-            if not inspector.has_table(table.name):
-                continue
-            have = {c["name"] for c in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name not in have and column.nullable and not column.primary_key:
-                    kind = column.type.compile(dialect=engine.dialect)
-                    connection.execute(text(
-                        f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+logger = logging.getLogger(__name__)
+
+
+class DatabaseSchemaMismatch(FermiError):
+    """The database was made by an earlier version and is not upgraded automatically."""
+
+
+def alembic_config(url: str = "", connection=None):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    if url:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(connection) -> str | None:
+    from alembic.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def ensure_schema(engine) -> None:
+    """What every process does before its first session: a new database gets the schema, a
+    SQLite file of an earlier version is upgraded (a copy kept aside); an older database
+    elsewhere (PostgreSQL) is left to `fermi db upgrade`, after the operator's own backup."""
+    if engine.dialect.name == "sqlite":
+        upgrade_if_needed(engine)
+        return
+    with schema_lock(engine) as connection:
+        current = current_revision(connection)
+        if current != head_revision() and _holds_platform_tables(connection):
+            raise DatabaseSchemaMismatch(
+                f"The platform database is at schema revision {current or 'none (Fermi 0.1.0)'}, "
+                f"this version needs {head_revision()}: back it up, then run `fermi db upgrade`.")
+    upgrade_if_needed(engine)
+
+
+def upgrade_if_needed(url_or_engine, log: logging.Logger | None = None) -> bool:
+    """Bring the platform database to this version's schema; True when anything was done.
+
+    Under a lock that every process takes (``schema_lock``), so two processes starting at once
+    on a new or old database neither race nor upgrade twice. A SQLite file that holds data is
+    copied aside first (``backup_sqlite``); the copy's path is logged."""
+    from alembic import command
+
+    if isinstance(url_or_engine, str):
+        engine = make_engine(url_or_engine)
+        try:
+            return upgrade_if_needed(engine, log)
+        finally:
+            engine.dispose()
+    log, engine, head = log or logger, url_or_engine, head_revision()
+    with schema_lock(engine) as connection:
+        current = current_revision(connection)
+        if current == head:
+            return False
+        existing = _holds_platform_tables(connection)
+        where = engine.url.render_as_string(hide_password=True)
+        if existing:
+            if current is None:
+                log.warning("%s was made by Fermi 0.1.0 or earlier (no schema revision): "
+                            "bringing it to the baseline, then upgrading", where)
+            database = _sqlite_file(engine)
+            if database:
+                log.warning("Upgrading %s from schema revision %s to %s; the database before "
+                            "the upgrade is kept at %s", where, current or "none", head,
+                            backup_sqlite(database))
+            else:
+                log.warning("Upgrading %s from schema revision %s to %s", where,
+                            current or "none", head)
+        command.upgrade(alembic_config(connection=connection), "head")
+        connection.commit()
+        return True
+
+
+def _sqlite_file(engine) -> str | None:
+    database = engine.url.database
+    return database if engine.dialect.name == "sqlite" and database not in (None, "", ":memory:") \
+        else None
+
+
+def _holds_platform_tables(connection) -> bool:
+    from sqlalchemy import inspect
+
+    return bool(set(inspect(connection).get_table_names()) & set(Base.metadata.tables))
+
+
+def backup_sqlite(path: str) -> str:
+    """``fermi.sqlite.2026-12-03-101500.bak`` beside the file. Through SQLite's backup API, not
+    a file copy: in WAL mode committed transactions may still be in ``-wal`` only."""
+    import os
+    import sqlite3
+
+    stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
+    target = f"{path}.{stamp}.bak"
+    for n in range(1, 100):
+        if not os.path.exists(target):
+            break
+        target = f"{path}.{stamp}.{n}.bak"
+    source, copy = sqlite3.connect(path), sqlite3.connect(target)
+    try:
+        source.backup(copy)
+    finally:
+        source.close()
+        copy.close()
+    os.chmod(target, 0o600)  # it holds what the database holds
+    return target
+
+
+@contextmanager
+def schema_lock(engine):
+    """A connection held while no other process changes or creates the schema: a lock file
+    beside a SQLite database (flock, released by the kernel if the process dies); a
+    session-level advisory lock on PostgreSQL."""
+    database = _sqlite_file(engine)
+    if database:
+        import fcntl
+
+        with open(f"{database}.lock", "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                with engine.connect() as connection:
+                    yield connection
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+    elif engine.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            connection.commit()
+            try:
+                yield connection
+            finally:
+                connection.rollback()
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"),
+                                   {"key": SCHEMA_LOCK_KEY})
+                connection.commit()
+    else:  # an in-memory database belongs to one process; other backends are not supported
+        with engine.connect() as connection:
+            yield connection
+
+
+SCHEMA_LOCK_KEY = 0x6665726D69  # "fermi": one advisory lock key for the platform's schema
 
 
 class RegisteredModel(Base):

@@ -119,6 +119,28 @@ def private_data_dir(data: Path) -> None:
                 os.chmod(entry.path, info.st_mode & 0o700)  # the owner's bits, no one else's
 
 
+class _Terminal:
+    """The log of `fermi up` is its terminal."""
+
+    def info(self, message: str, *args) -> None:
+        print(message % args, flush=True)
+
+    warning = info
+
+
+def upgrade_database(data: Path) -> bool:
+    """Before any platform process opens it, the platform database gets this version's schema
+    (a SQLite file that holds data is copied aside first, and the terminal says where)."""
+    from .db import platform_db_url, upgrade_if_needed
+
+    try:
+        upgrade_if_needed(platform_db_url(data), log=_Terminal())
+    except Exception as error:  # noqa: BLE001 - nothing starts on a database that failed to upgrade
+        print(f"The platform database could not be upgraded: {error}", file=sys.stderr)
+        return False
+    return True
+
+
 def _ready(url: str, timeout: float = 0.5) -> bool:
     try:
         return httpx.get(url, timeout=timeout).status_code < 500
@@ -224,6 +246,8 @@ class Platform:
             if not port_is_free(port, self.ip or "0.0.0.0") and not _router_owns(self.data, port):
                 print(f"Port {port} is in use; choose another with {option}.", file=sys.stderr)
                 return 2
+        if not upgrade_database(self.data):
+            return 1
         env = self.env()
         signal.signal(signal.SIGINT, self.stop)
         signal.signal(signal.SIGTERM, self.stop)
