@@ -271,7 +271,7 @@ def classify(proc: psutil.Process) -> str:
         return "model server"
     if "fermi_spawner.culler" in cmd:
         return "idle culler"
-    if "fermi_extension.service.app" in cmd:
+    if "fermi_extension.control_plane.app" in cmd:
         return "control plane"
     if "fermi_extension.backends.local.launcher" in cmd:
         return "job launcher"
@@ -279,7 +279,7 @@ def classify(proc: psutil.Process) -> str:
         return "tracking server"
     if "configurable-http-proxy" in cmd:
         return "proxy"
-    if ("fermi_extension.hub" in cmd or "jupyterhub" in cmd) and "singleuser" not in cmd:
+    if ("fermi_extension.start_hub" in cmd or "jupyterhub" in cmd) and "singleuser" not in cmd:
         return "hub"
     if "ipykernel" in cmd:
         return "kernel"
@@ -412,6 +412,91 @@ def wrap_up(args, result: dict, tmp: Path) -> None:
 # -- inference services ---------------------------------------------------------------------------
 
 WINE_TEMPLATE = REPO / "notebooks" / "templates" / "tabular-classifier.ipynb"
+
+
+MLSERVER_VENV = Path("/tmp/mlserver-venv")
+# pinned: the V2 comparison tests state which of its answers differ from ours and why
+MLSERVER_PACKAGES = ["mlserver==1.7.1", "mlserver-mlflow==1.7.1", "mlserver-sklearn==1.7.1", "uvloop<0.22"]
+# KServe's SDK pins older pandas, psutil and protobuf than the platform's: it gets a venv too
+KSERVE_VENV = Path("/tmp/kserve-sdk-venv")
+KSERVE_PACKAGES = ["kserve==0.21.0"]
+
+
+def ensure_mlserver_venv(venv: Path = MLSERVER_VENV) -> dict:
+    """Reuse ``venv`` when it has MLServer with its two runtimes and uvloop < 0.22; otherwise
+    (re)create it with the platform's scikit-learn and skops versions pinned.
+
+    A venv of its own because MLServer adds ~500 MB and pins of its own that the platform's
+    environment must not take; the P3 benchmark and tests/serving/test_v2_clients.py share it.
+    """
+    def acceptable(found: dict) -> bool:
+        # MLServer 1.7 crashes on uvloop 0.22 ("There is no current event loop")
+        return tuple(int(x) for x in found["uvloop"].split(".")[:2]) < (0, 22)
+
+    return ensure_venv(venv, MLSERVER_PACKAGES, ["mlserver", "mlserver_sklearn", "mlserver_mlflow",
+                                                 "uvloop"], acceptable)
+
+
+def ensure_kserve_venv(venv: Path = KSERVE_VENV) -> dict:
+    """A venv with KServe's Python SDK (``kserve.InferenceRESTClient``), for driving it from a
+    subprocess."""
+    return ensure_venv(venv, KSERVE_PACKAGES, ["kserve"])
+
+
+def ensure_venv(venv: Path, packages: list[str], modules: list[str], acceptable=None) -> dict:
+    """Reuse ``venv`` when ``modules`` import in it (and ``acceptable(versions)``, if given);
+    otherwise (re)create it with ``packages`` and the platform's scikit-learn and skops versions
+    pinned. Returns the venv, whether it was created, and the versions found."""
+    import fcntl
+
+    import sklearn
+    import skops
+
+    python = venv / "bin" / "python"
+    names = ["sklearn", "skops", *modules]
+    check = (f"import json, {', '.join(names)}; print(json.dumps({{n: getattr(m, '__version__', '?') "
+             f"for n, m in zip({names!r}, [{', '.join(names)}])}}))")
+
+    def versions() -> dict | None:
+        if not python.exists():
+            return None
+        done = subprocess.run([str(python), "-c", check], capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            return None
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+        if found["sklearn"] != sklearn.__version__ or (acceptable and not acceptable(found)):
+            return None
+        return found
+
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    # two runs building the same venv at once remove each other's files mid-install (and a pip
+    # whose venv lost its pyvenv.cfg installs into the base interpreter)
+    with open(f"{venv}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = versions()
+        if found:
+            return {"venv": str(venv), "created": False, "versions": found}
+        pins = [*packages, f"scikit-learn=={sklearn.__version__}", f"skops=={skops.__version__}"]
+        log(f"creating the venv {venv} (first use; pip install {' '.join(pins)}); this takes minutes")
+        t0 = time.monotonic()
+        if venv.exists():
+            shutil.rmtree(venv)
+        base = getattr(sys, "_base_executable", None) or shutil.which("python3")
+        subprocess.run([base, "-m", "venv", str(venv)], check=True, timeout=300)
+        done = subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *pins],
+            capture_output=True, text=True, timeout=1500)
+        if done.returncode != 0:
+            raise RuntimeError(f"pip install into {venv} failed:\n{done.stdout[-3000:]}\n"
+                               f"{done.stderr[-3000:]}")
+        seconds = time.monotonic() - t0
+        found = versions()
+        if not found:
+            raise RuntimeError(f"{venv} was installed but {', '.join(modules)} do not import")
+        size = subprocess.run(["du", "-sm", str(venv)], capture_output=True, text=True).stdout.split()[0]
+        log(f"venv {venv} created in {seconds:.0f} s ({size} MB): {found}")
+        return {"venv": str(venv), "created": True, "install_seconds": round(seconds, 1),
+                "size_mb": int(size), "versions": found}
 
 
 def require_wrk() -> str:

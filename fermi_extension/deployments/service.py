@@ -20,12 +20,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..caller import Caller, audit, owned
 from ..catalog.store import CatalogStore
-from ..db import Deployment, DeploymentEvent, Replica, Revision, UsageRecord, utcnow
-from ..errors import Conflict, InvalidInput, NotFound, Unprocessable
+from ..db import Deployment, DeploymentEvent, Replica, Revision, utcnow
+from ..errors import Conflict, InvalidInput, Unprocessable
 from ..quotas.service import QuotaService
 from ..registry.service import ModelRepository
 from ..spec import RuntimeSpec, runtime_spec
 from ..tracking.tracker import Tracker
+from ..usage.service import usage_record
 from .autoscale import Autoscaler
 from .backend import ReplicaHandle, ReplicaLaunch, ServingBackend
 from .models import (
@@ -135,11 +136,7 @@ class DeploymentService:
     # -- writes -----------------------------------------------------------------------------
 
     def _runtime(self, caller: Caller, profile_slug: str | None, engine: str) -> RuntimeSpec:
-        catalog, image, profile = self.catalog.resolve(None, profile_slug)
-        if profile.allowed_groups and not caller.admin and not (
-            set(profile.allowed_groups) & set(caller.groups)
-        ):
-            raise NotFound(f"Unknown profile {profile.slug!r} (not offered to you).")
+        catalog, image, profile = self.catalog.resolve(None, profile_slug, caller)
         pool = next(p for p in catalog.pools if p.slug == profile.pool)
         available, reason = self.backend.availability(profile, pool, engine)
         if not available:
@@ -301,6 +298,11 @@ class DeploymentController:
         self._generation = 0
         self._published: dict | None = None
         self._lock = asyncio.Lock()  # one reconciliation at a time: never two starts of a replica
+        # Replicas that passed their health check and are published to the router as ready, but
+        # not yet seen ready in the router's own table: they (and their deployment) count as
+        # ready only then, so "ready" always means "the router routes to it".
+        self._healthy: set[str] = set()
+        self._router_view = False  # the router reports its readiness (stats "readiness": true)
 
     def wake(self) -> None:
         self._wake.set()
@@ -311,12 +313,17 @@ class DeploymentController:
             for replica in session.scalars(select(Replica)).all():
                 if not self.backend.alive(self._handle(replica)):
                     session.delete(replica)
+            session.flush()
+            self._unready_without_replicas(session)
             session.commit()
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self, *, stop_all: bool) -> None:
-        if self._task:
-            self._task.cancel()
+        tasks = [t for t in (self._task, *self._fetching.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._fetching.clear()
         if stop_all:  # Ctrl-C: every process stops; the declarations stay for the next start
             with self.session_factory() as session:
                 replicas = session.scalars(select(Replica)).all()
@@ -324,9 +331,18 @@ class DeploymentController:
                 for replica in replicas:
                     self._bill(session, replica)
                     session.delete(replica)
+                session.flush()
+                self._unready_without_replicas(session)
                 session.commit()
             await asyncio.gather(*(self.backend.stop_replica(h) for h in handles))
         await self.backend.close(stop_all=stop_all)
+
+    def _unready_without_replicas(self, session: Session) -> None:
+        """A deployment whose replicas are gone is not ready, even before the next reconcile."""
+        for d in session.scalars(select(Deployment).where(Deployment.status == "ready")):
+            if not session.scalars(select(Replica).where(Replica.deployment == d.name,
+                                                         Replica.state == "ready")).first():
+                d.status = "pending"
 
     @staticmethod
     def _handle(replica: Replica) -> ReplicaHandle:
@@ -337,6 +353,11 @@ class DeploymentController:
             self._wake.clear()
             try:
                 await self.reconcile()
+                if self._healthy:
+                    # replicas were just published as ready: confirm them as soon as the router
+                    # has loaded the table, not a whole interval later
+                    await self._wait_routed(1.0)
+                    continue
             except Exception:
                 log.exception("reconciling deployments failed")
             try:
@@ -346,18 +367,24 @@ class DeploymentController:
 
     async def apply_now(self, timeout: float = 3.0) -> None:
         await self.reconcile()
+        await self._wait_routed(timeout)
+
+    async def _wait_routed(self, timeout: float) -> None:
+        """Until the router routes by the latest published table (or ``timeout`` seconds)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if (await self.backend.stats()).get("generation", -1) >= self._generation:
                 return
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
 
     async def reconcile(self) -> None:
         async with self._lock:
             await self._reconcile()
 
     async def _reconcile(self) -> None:
-        stats = (await self.backend.stats()).get("deployments", {})
+        routed = await self.backend.stats()
+        self._router_view = routed.get("readiness") is True
+        stats = routed.get("deployments", {})
         self.service.traffic = stats
         now = time.monotonic()
         with self.session_factory() as session:
@@ -381,12 +408,27 @@ class DeploymentController:
                 self._bill(session, replica)
                 session.delete(replica)
                 replicas.remove(replica)
-        # readiness of starting replicas
+                self._healthy.discard(replica.id)
+        # readiness of starting replicas: healthy ones are published as ready, and are ready once
+        # the router's own table has them so (without a router of ours, the backend's word is it)
         for replica in replicas:
-            if replica.state == "starting" and await self.backend.ready(self._handle(replica)):
-                replica.state, replica.ready_at = "ready", utcnow()
-                self.failures.pop((d.name, replica.revision), None)
-                event(session, d, "replica-ready", f"replica {replica.id} is ready")
+            if replica.state != "starting":
+                continue
+            if self._router_view:
+                if replica.id in self._healthy:
+                    if per_replica.get(replica.id, {}).get("state") != "ready":
+                        continue
+                elif await self.backend.ready(self._handle(replica)):
+                    self._healthy.add(replica.id)
+                    continue
+                else:
+                    continue
+            elif not await self.backend.ready(self._handle(replica)):
+                continue
+            self._healthy.discard(replica.id)
+            replica.state, replica.ready_at = "ready", utcnow()
+            self.failures.pop((d.name, replica.revision), None)
+            event(session, d, "replica-ready", f"replica {replica.id} is ready")
         # draining replicas stop once nothing is in flight (or after the drain timeout)
         for replica in list(replicas):
             if replica.state == "draining":
@@ -432,9 +474,10 @@ class DeploymentController:
             self._drain(session, d, retired)
         # status
         ready_stable = sum(1 for r in replicas if r.revision == d.stable_revision and r.state == "ready")
+        routed = not self._router_view or traffic.get("ready") is True
         if d.stopped:
             d.status = "stopped"
-        elif ready_stable:
+        elif ready_stable and routed:
             d.status, d.reason = "ready", None
         elif len(self.failures.get((d.name, d.stable_revision), [])) >= 3:
             d.status = "failed"
@@ -445,6 +488,7 @@ class DeploymentController:
 
     def _drain(self, session: Session, d: Deployment, replicas: list[Replica]) -> None:
         for replica in replicas:
+            self._healthy.discard(replica.id)
             replica.state, replica.draining_since = "draining", utcnow()
             event(session, d, "replica-draining",
                   f"replica {replica.id} drains (no new requests) and then stops")
@@ -508,13 +552,8 @@ class DeploymentController:
         d = session.get(Deployment, replica.deployment)
         if d is None:
             return
-        ended = utcnow()
-        seconds = (ended - replica.started_at).total_seconds()
-        price = float(d.runtime.get("price_per_hour", 0.0))
-        session.add(UsageRecord(user=d.owner, kind="replica", ref=replica.id, profile=d.profile,
-                                gpus=int(d.runtime.get("gpu", 0)), started_at=replica.started_at,
-                                ended_at=ended, seconds=seconds, price_per_hour=price,
-                                cost=seconds / 3600 * price))
+        session.add(usage_record(d.owner, "replica", replica.id, d.runtime, replica.started_at,
+                                 utcnow()))
 
     def _publish(self, session: Session) -> None:
         table = {}
@@ -529,8 +568,10 @@ class DeploymentController:
             for name in sorted({r.revision for r in replicas} | set(split)):
                 revisions.append({
                     "name": name, "traffic_percent": split.get(name, 0),
-                    "replicas": [{"id": r.id, "url": r.url, "state": r.state}
-                                 for r in replicas if r.revision == name and r.state in ("ready", "draining")],
+                    "replicas": [{"id": r.id, "url": r.url,
+                                  "state": "ready" if r.id in self._healthy else r.state}
+                                 for r in replicas if r.revision == name and (
+                                     r.state in ("ready", "draining") or r.id in self._healthy)],
                 })
             table[d.name] = {"owner": d.owner, "admins_allowed": True, "key_hashes": [d.key_hash],
                              "model": d.model, "revisions": revisions}

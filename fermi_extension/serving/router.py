@@ -7,7 +7,8 @@ what exists through a routes file that it rewrites atomically; the router polls 
 bad file is logged and the last good table kept. The control plane starts it so (keep stable)::
 
     python -m fermi_extension.serving.router --port PUBLIC_PORT --host HOST --routes ROUTES_JSON \\
-        --admin-port ADMIN_PORT --admin-token-file FILE [--hub-api-url URL]
+        --admin-port ADMIN_PORT --admin-token-file FILE [--hub-api-url URL] \\
+        [--head-timeout S] [--body-timeout S]
 
 Routes file: ``{"generation": N, "deployments": {NAME: {"owner", "admins_allowed", "key_hashes":
 [sha256 hex of API keys], "revisions": [{"name", "traffic_percent", "replicas": [{"id", "url":
@@ -24,16 +25,22 @@ a caller that goes to a replica's own address round the router gets 401 there.
 of the owner (or of an admin when ``admins_allowed``). A revision is drawn at random by
 ``traffic_percent``, then its ready replica with the fewest requests in flight; a replica that
 cannot be connected to is skipped (up to 3 tries), a request that reached one is never retried.
+Malformed requests get 400/408/413/431 from the HTTP layer (``serving.http``) and never reach a
+replica.
 
 Admin side, on 127.0.0.1 with ``Authorization: token <admin token>``: ``GET /healthz``
-(``{"ok", "generation", "replica_keys": true}``; the last says this router sends replica keys) and
-``GET /stats``: per deployment ``in_flight``, ``requests`` (authenticated requests since start),
-``errors`` (5xx answers + failed connection attempts), ``latency_ms`` (``p50``/``p99``/``count``
-over the last 60 s, 0.0 when none), and per replica and per revision their counters.
+(``{"ok", "generation", "replica_keys": true, "readiness": true}``; the last two say this router
+sends replica keys and reports readiness in ``/stats``) and ``GET /stats``: ``generation`` (of the
+table it routes by now), ``readiness: true``, and per deployment ``ready`` (whether a request now would be routed to
+a ready replica: the one source of truth the control plane reports readiness from),
+``in_flight``, ``requests`` (authenticated requests since start), ``errors`` (5xx answers +
+failed connection attempts), ``latency_ms`` (``p50``/``p99``/``count`` over the last 60 s, 0.0
+when none), and per replica (with its ``state`` as routed) and per revision their counters.
 
-HTTP/1.1 is spoken directly over asyncio streams on both sides: on a 2-core machine, where the
-router shares the cores with the replicas, aiohttp's server and client together cost several
-times more CPU per request (~3,500 vs ~16,000 proxied requests/s measured side by side).
+Both sides speak HTTP through ``serving.http`` (llhttp via httptools, on asyncio protocols with
+no task per request): on a 2-core machine the router shares the cores with the replicas, so its
+cost per request matters (aiohttp's server and client together cost several times more CPU per
+request, ~3,500 vs ~16,000 proxied requests/s measured side by side).
 """
 
 from __future__ import annotations
@@ -54,19 +61,15 @@ from array import array
 from collections import OrderedDict
 from urllib.parse import urlsplit
 
+from fermi_extension.serving.http import HttpServer, Limits, Stream, Upstream, UpstreamError
 from fermi_extension.serving.replica_key import replica_key
 
 log = logging.getLogger("fermi.router")
 
-HEAD_LIMIT = 64 * 1024  # largest request or response head accepted
-SMALL_BODY = 64 * 1024  # request bodies up to this size are read whole and sent in one write
-COPY_SIZE = 64 * 1024
-WRITE_HIGH_WATER = 256 * 1024  # wait for a slow reader once this much is buffered
 CONNECT_TIMEOUT = 5.0
 MAX_TRIES = 3  # connection attempts per request; only attempts that never reached a replica are retried
 EJECT_SECONDS = 2.0  # a replica that refused a connection is tried last for this long
-CLIENT_IDLE_TIMEOUT = 75.0
-UPSTREAM_IDLE_TIMEOUT = 4.0  # below uvicorn's 5 s keep-alive, so a pooled connection is never stale
+UPSTREAM_IDLE_TIMEOUT = 4.0  # below the replicas' keep-alive, so a pooled connection is never stale
 UPSTREAM_MAX_IDLE = 128  # idle pooled connections kept per replica
 ROUTES_POLL_SECONDS = 0.05
 LATENCY_WINDOW_SECONDS = 60.0
@@ -83,32 +86,25 @@ REQUEST_DROP = frozenset({
     b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length", b"expect",
     b"authorization", b"x-api-key",
 })
+# Response headers of the replica's hop; the HTTP layer frames the answer to the caller anew.
 RESPONSE_DROP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"te", b"trailer",
-    b"transfer-encoding", b"upgrade",
+    b"transfer-encoding", b"upgrade", b"content-length",
 })
-REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
-           404: b"Not Found", 405: b"Method Not Allowed", 431: b"Request Header Fields Too Large",
-           501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable",
-           505: b"HTTP Version Not Supported"}
+JSON = ((b"Content-Type", b"application/json"),)
+WWW_AUTHENTICATE = (b"WWW-Authenticate", b'Bearer realm="fermi"')
 
 
 class RoutesError(ValueError):
     """The routes file is not a valid table; the message says what is wrong."""
 
 
-class BadRequest(Exception):
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
-class BadResponse(Exception):
-    """A replica answered something that is not HTTP/1.x."""
-
-
 class HubUnavailable(Exception):
     pass
+
+
+def answer(status: int, doc: dict, *extra) -> tuple:
+    return status, (*JSON, *extra), json.dumps(doc).encode()
 
 
 # -- the routing table -----------------------------------------------------------------------------
@@ -118,8 +114,8 @@ class Replica:
     """One model-server process; kept across table reloads (by id and url) with its counters and
     its pool of idle keep-alive connections."""
 
-    __slots__ = ("id", "url", "host", "port", "host_header", "state", "in_flight", "requests",
-                 "errors", "down_until", "idle", "retired")
+    __slots__ = ("id", "url", "upstream", "host_header", "state", "in_flight", "requests",
+                 "errors", "down_until")
 
     def __init__(self, replica_id: str, url: str, master: str = ""):
         parts = urlsplit(url)
@@ -127,8 +123,8 @@ class Replica:
             raise RoutesError(f"replica {replica_id!r}: url must be http://HOST:PORT, not {url!r}")
         self.id = replica_id
         self.url = url
-        self.host = parts.hostname
-        self.port = parts.port
+        self.upstream = Upstream(parts.hostname, parts.port, max_idle=UPSTREAM_MAX_IDLE,
+                                 idle_timeout=UPSTREAM_IDLE_TIMEOUT, connect_timeout=CONNECT_TIMEOUT)
         # spliced into every request head after "Host: ": with the replica's key in it, the key
         # costs nothing per request
         self.host_header = parts.netloc.encode("latin-1")
@@ -139,38 +135,10 @@ class Replica:
         self.requests = 0
         self.errors = 0
         self.down_until = 0.0
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
-        self.retired = False
 
-    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A pooled connection that is still open, or a new one (OSError/TimeoutError when the
-        replica cannot be reached: nothing was sent to it)."""
-        now = time.monotonic()
-        while self.idle:
-            reader, writer, since = self.idle.pop()
-            if reader.at_eof() or writer.is_closing() or now - since > UPSTREAM_IDLE_TIMEOUT:
-                writer.close()
-                continue
-            return reader, writer
-        return await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port, limit=HEAD_LIMIT), CONNECT_TIMEOUT)
-
-    def release(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.retired or len(self.idle) >= UPSTREAM_MAX_IDLE or reader.at_eof() or writer.is_closing():
-            writer.close()
-        else:
-            self.idle.append((reader, writer, time.monotonic()))
-
-    def close_idle(self, older_than: float | None = None) -> None:
-        if older_than is None:
-            keep = []
-        else:
-            cutoff = time.monotonic() - older_than
-            keep = [c for c in self.idle if c[2] >= cutoff]
-        for connection in self.idle:
-            if connection not in keep:
-                connection[1].close()
-        self.idle = keep
+    def retire(self) -> None:
+        self.upstream.retired = True
+        self.upstream.close_idle()
 
 
 class Revision:
@@ -453,157 +421,12 @@ class HubAuth:
             await self._session.close()
 
 
-# -- HTTP/1.1 plumbing ----------------------------------------------------------------------------
-
-
-class Request:
-    __slots__ = ("method", "target", "version", "headers", "content_length", "chunked",
-                 "keep_alive", "expect_continue", "authorization", "api_key")
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
-
-
-def parse_request_head(head: bytes) -> Request:
-    lines = head[:-4].split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3:
-        raise BadRequest("malformed request line")
-    req = Request()
-    req.method, req.target, req.version = parts
-    if req.version != b"HTTP/1.1" and req.version != b"HTTP/1.0":
-        raise BadRequest("only HTTP/1.0 and HTTP/1.1 are spoken here", 505)
-    headers = []
-    content_length = None
-    transfer_encoding = None
-    connection = b""
-    authorization = api_key = None
-    expect = None
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name[-1] in b" \t" or name[0] in b" \t":
-            raise BadRequest("malformed header line")
-        lname = name.lower()
-        value = value.strip()
-        headers.append((lname, line))
-        if lname == b"content-length":
-            if not value.isdigit() or (content_length is not None and int(value) != content_length):
-                raise BadRequest("bad Content-Length")
-            content_length = int(value)
-        elif lname == b"transfer-encoding":
-            transfer_encoding = value.lower()
-        elif lname == b"connection":
-            connection = value.lower()
-        elif lname == b"authorization":
-            authorization = value
-        elif lname == b"x-api-key":
-            api_key = value
-        elif lname == b"expect":
-            expect = value.lower()
-    if transfer_encoding is not None:
-        if content_length is not None:
-            raise BadRequest("both Content-Length and Transfer-Encoding")
-        if transfer_encoding != b"chunked":
-            raise BadRequest("only the chunked transfer coding is supported", 501)
-    req.headers = headers
-    req.content_length = content_length
-    req.chunked = transfer_encoding is not None
-    if req.version == b"HTTP/1.1":
-        req.keep_alive = b"close" not in connection
-    else:
-        req.keep_alive = False
-    if connection and connection not in (b"close", b"keep-alive"):
-        # headers named in Connection concern this hop only
-        named = {t.strip() for t in connection.split(b",")}
-        req.headers = [h for h in headers if h[0] not in named]
-    req.expect_continue = expect == b"100-continue"
-    req.authorization = authorization
-    req.api_key = api_key
-    return req
-
-
-def simple_response(status: int, body: dict | bytes, *, keep_alive: bool = True,
-                    extra: bytes = b"", head_only: bool = False) -> bytes:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    out = (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s%s\r\n"
-           % (status, REASONS.get(status, b"Error"), len(data), extra,
-              b"" if keep_alive else b"Connection: close\r\n"))
-    return out if head_only else out + data
-
-
-async def copy_exact(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-    while n > 0:
-        data = await reader.read(min(n, COPY_SIZE))
-        if not data:
-            raise asyncio.IncompleteReadError(b"", n)
-        n -= len(data)
-        writer.write(data)
-        if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-            await writer.drain()
-
-
-async def copy_chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       dechunk: bool = False) -> None:
-    """Relay a chunked body chunk by chunk, each written as soon as it arrives (server-sent
-    events and token streams reach the caller unbuffered); ``dechunk`` strips the framing."""
-    while True:
-        line = await reader.readuntil(b"\r\n")
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise BadResponse("bad chunk size") from None
-        if size == 0:
-            while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers are dropped
-                pass
-            if not dechunk:
-                writer.write(b"0\r\n\r\n")
-            return
-        if size <= COPY_SIZE:
-            data = await reader.readexactly(size + 2)
-            writer.write(data[:-2] if dechunk else line + data)
-        else:
-            if not dechunk:
-                writer.write(line)
-            await copy_exact(reader, writer, size)
-            crlf = await reader.readexactly(2)
-            if not dechunk:
-                writer.write(crlf)
-        if writer.transport.is_closing():
-            raise ConnectionResetError("the other side went away")
-        if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-            await writer.drain()
-
-
-async def copy_until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while True:
-        data = await reader.read(COPY_SIZE)
-        if not data:
-            return
-        writer.write(data)
-        if writer.transport.is_closing():
-            raise ConnectionResetError("the other side went away")
-        if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-            await writer.drain()
-
-
-class Connection:
-    __slots__ = ("reader", "writer", "task", "busy", "since")
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader = reader
-        self.writer = writer
-        self.task = asyncio.current_task()
-        self.busy = False
-        self.since = time.monotonic()
-
-
 # -- the router ------------------------------------------------------------------------------------
 
 
 class Router:
     def __init__(self, routes_path: str, admin_token: str, hub_api_url: str = "",
-                 balancer: Balancer | None = None):
+                 balancer: Balancer | None = None, limits: Limits | None = None):
         self.routes_path = routes_path
         self.admin_token = admin_token.encode()
         self.master = admin_token
@@ -611,8 +434,10 @@ class Router:
         self.balancer = balancer or Balancer()
         self.table = RouteTable()
         self.started = time.time()
-        self.closing = False
-        self.connections: set[Connection] = set()
+        self.limits = limits or Limits()
+        # the replicas' own answers carry their Date and Server; the router adds neither
+        self.public = HttpServer(self.handle_public, self.limits, date=False, default_content_type=None)
+        self.admin = HttpServer(self.handle_admin, self.limits, date=False)
         self._routes_stat = None
 
     # -- the routes file -----------------------------------------------------------------------
@@ -641,8 +466,7 @@ class Router:
             return False
         for rid, replica in self.table.replicas.items():
             if table.replicas.get(rid) is not replica:
-                replica.retired = True
-                replica.close_idle()
+                replica.retire()
         self.table = table
         log.info("Routes generation %d: %d deployment(s), %d replica(s)", table.generation,
                  len(table.deployments), len(table.replicas))
@@ -657,88 +481,27 @@ class Router:
             await asyncio.sleep(ROUTES_POLL_SECONDS)
 
     async def sweep(self) -> None:
-        """Close idle keep-alive connections: callers' after a while, replicas' before the replica
-        would close them itself. A request whose caller has hung up is abandoned, so a replica
-        that never answers does not pile up connections (callers do not half-close in HTTP/1.1)."""
+        """Close idle pooled connections before the replica would close them itself."""
         while True:
             await asyncio.sleep(1.0)
-            cutoff = time.monotonic() - CLIENT_IDLE_TIMEOUT
-            for conn in list(self.connections):
-                if not conn.busy:
-                    if conn.since < cutoff:
-                        conn.writer.close()
-                elif conn.reader.at_eof() or conn.writer.is_closing():
-                    if conn.task is not None and not conn.task.done():
-                        conn.task.cancel()
             for replica in self.table.replicas.values():
-                if replica.idle:
-                    replica.close_idle(UPSTREAM_IDLE_TIMEOUT)
-
-    # -- connections ---------------------------------------------------------------------------
-
-    async def serve_public(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._serve(reader, writer, self.handle_public)
-
-    async def serve_admin(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._serve(reader, writer, self.handle_admin)
-
-    async def _serve(self, reader, writer, handler) -> None:
-        conn = Connection(reader, writer)
-        self.connections.add(conn)
-        try:
-            while not self.closing:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except asyncio.LimitOverrunError:
-                    writer.write(simple_response(431, {"error": "request head too large"}, keep_alive=False))
-                    break
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    break
-                conn.busy = True
-                try:
-                    request = parse_request_head(head)
-                except BadRequest as e:
-                    writer.write(simple_response(e.status, {"error": str(e)}, keep_alive=False))
-                    break
-                if not await handler(request, reader, writer):
-                    break
-                conn.busy = False
-                conn.since = time.monotonic()
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
-        except asyncio.CancelledError:
-            pass  # the caller hung up (see sweep) or the router is stopping
-        except Exception:
-            log.exception("Unexpected error while serving a connection")
-        finally:
-            self.connections.discard(conn)
-            writer.close()
-
-    def _respond(self, writer, request: Request, status: int, body: dict, extra: bytes = b"") -> bool:
-        """Answer from the router itself; the connection stays open only when no unread body is
-        left behind."""
-        keep = request.keep_alive and not request.has_body and not self.closing
-        writer.write(simple_response(status, body, keep_alive=keep, extra=extra,
-                                     head_only=request.method == b"HEAD"))
-        return keep
+                if replica.upstream.idle:
+                    replica.upstream.close_idle(UPSTREAM_IDLE_TIMEOUT)
 
     # -- the admin API -------------------------------------------------------------------------
 
-    async def handle_admin(self, request: Request, reader, writer) -> bool:
-        scheme, _, token = (request.authorization or b"").partition(b" ")
+    def handle_admin(self, request) -> tuple:
+        scheme, _, token = (request.header(b"authorization") or b"").partition(b" ")
         if scheme.lower() != b"token" or not hmac.compare_digest(token.strip(), self.admin_token):
-            return self._respond(writer, request, 401,
-                                 {"error": "the admin API needs 'Authorization: token <admin token>'"})
-        path = request.target.split(b"?", 1)[0]
-        if request.method not in (b"GET", b"HEAD"):
-            return self._respond(writer, request, 405, {"error": "only GET is allowed here"})
-        if path == b"/healthz":
-            return self._respond(writer, request, 200, {"ok": True, "generation": self.table.generation,
-                                                        "replica_keys": True})
-        if path == b"/stats":
-            return self._respond(writer, request, 200, self.stats())
-        return self._respond(writer, request, 404,
-                             {"error": "no such admin resource; try /stats or /healthz"})
+            return answer(401, {"error": "the admin API needs 'Authorization: token <admin token>'"})
+        if request.method not in ("GET", "HEAD"):
+            return answer(405, {"error": "only GET is allowed here"}, (b"Allow", b"GET, HEAD"))
+        if request.path == "/healthz":
+            return answer(200, {"ok": True, "generation": self.table.generation,
+                                "replica_keys": True, "readiness": True})
+        if request.path == "/stats":
+            return answer(200, self.stats())
+        return answer(404, {"error": "no such admin resource; try /stats or /healthz"})
 
     def stats(self) -> dict:
         now = time.monotonic()
@@ -746,6 +509,7 @@ class Router:
         for name, d in self.table.deployments.items():
             s = d.stats
             out[name] = {
+                "ready": d.ready,
                 "in_flight": s.in_flight, "requests": s.requests, "errors": s.errors,
                 "latency_ms": s.latency.percentiles(now),
                 "replicas": {r.id: {"in_flight": r.in_flight, "requests": r.requests,
@@ -756,14 +520,17 @@ class Router:
                               for rev in d.revisions},
             }
         return {"generation": self.table.generation, "uptime_s": round(time.time() - self.started, 1),
-                "deployments": out}
+                "readiness": True, "deployments": out}
 
     # -- the public side -----------------------------------------------------------------------
 
-    async def handle_public(self, request: Request, reader, writer) -> bool:
+
+    # -- the public side -----------------------------------------------------------------------
+
+    def handle_public(self, request):
         target = request.target
-        if target[:1] != b"/":
-            return self._respond(writer, request, 400, {"error": "the request target must be a path"})
+        if target[:1] != b"/":  # absolute form: the HTTP layer has taken the path out
+            target = (request.path + ("?" + request.query if request.query else "")).encode("latin-1")
         end = target.find(b"/", 1)
         if end < 0:
             end = target.find(b"?", 1)
@@ -772,48 +539,54 @@ class Router:
         name = target[1:end].decode("latin-1")
         deployment = self.table.deployments.get(name)
         if deployment is None:
-            return self._respond(writer, request, 404, {"error": f"no deployment named {name!r} here"})
+            return answer(404, {"error": f"no deployment named {name!r} here"})
         upstream_target = target[end:]
         if upstream_target[:1] != b"/":
             upstream_target = b"/" + upstream_target
-        if upstream_target.startswith(b"/v2/health/") and request.method in (b"GET", b"HEAD"):
+        if upstream_target.startswith(b"/v2/health/") and request.method in ("GET", "HEAD"):
             which = upstream_target.split(b"?", 1)[0]
             if which == b"/v2/health/live":
-                return self._respond(writer, request, 200, {"live": True})
+                return answer(200, {"live": True})
             if which == b"/v2/health/ready":
                 if deployment.ready:
-                    return self._respond(writer, request, 200, {"ready": True})
-                return self._respond(writer, request, 503,
-                                     {"ready": False, "error": f"no replica of {name!r} is ready"})
-        denied = await self.authenticate(request, deployment)
-        if denied is not None:
-            status, message = denied
-            extra = b'WWW-Authenticate: Bearer realm="fermi"\r\n' if status == 401 else b""
-            return self._respond(writer, request, status, {"error": message}, extra)
-        return await self.proxy(request, reader, writer, deployment, upstream_target)
-
-    async def authenticate(self, request: Request, deployment: Deployment) -> tuple[int, str] | None:
-        """None when the caller may use the deployment, else (status, message)."""
+                    return answer(200, {"ready": True})
+                return answer(503, {"ready": False, "error": f"no replica of {name!r} is ready"})
+        authorization = api_key = None
+        for lname, value in request.headers:
+            if lname == b"authorization":
+                authorization = value
+            elif lname == b"x-api-key":
+                api_key = value
         key = None
-        if request.authorization is not None:
-            scheme, _, credential = request.authorization.partition(b" ")
+        if authorization is not None:
+            scheme, _, credential = authorization.partition(b" ")
             scheme = scheme.lower()
             credential = credential.strip()
             if scheme == b"bearer":
                 key = credential
             elif scheme == b"token":
-                return await self._hub_check(credential.decode("latin-1"), deployment)
+                return self._with_hub_token(request, deployment, upstream_target,
+                                            credential.decode("latin-1"))
             else:
-                return 401, ("unsupported Authorization scheme; send 'Bearer <API key>' or "
-                             "'token <hub token>'")
-        elif request.api_key is not None:
-            key = request.api_key
+                return answer(401, {"error": "unsupported Authorization scheme; send 'Bearer <API key>' "
+                                             "or 'token <hub token>'"}, WWW_AUTHENTICATE)
+        elif api_key is not None:
+            key = api_key
         if not key:
-            return 401, (f"deployment {deployment.name!r} needs an API key ('Authorization: Bearer <key>' "
-                         "or 'X-API-Key: <key>') or the owner's JupyterHub token")
-        if hashlib.sha256(key).hexdigest() in deployment.key_hashes:
-            return None
-        return 401, f"this API key is not valid for deployment {deployment.name!r}"
+            return answer(401, {"error": f"deployment {deployment.name!r} needs an API key "
+                                         "('Authorization: Bearer <key>' or 'X-API-Key: <key>') or "
+                                         "the owner's JupyterHub token"}, WWW_AUTHENTICATE)
+        if hashlib.sha256(key).hexdigest() not in deployment.key_hashes:
+            return answer(401, {"error": f"this API key is not valid for deployment {deployment.name!r}"},
+                          WWW_AUTHENTICATE)
+        return self.proxy(request, deployment, upstream_target)
+
+    async def _with_hub_token(self, request, deployment: Deployment, upstream_target: bytes, token: str):
+        denied = await self._hub_check(token, deployment)
+        if denied is not None:
+            status, message = denied
+            return answer(status, {"error": message}, *((WWW_AUTHENTICATE,) if status == 401 else ()))
+        return await self.proxy(request, deployment, upstream_target)
 
     async def _hub_check(self, token: str, deployment: Deployment) -> tuple[int, str] | None:
         if not token:
@@ -832,191 +605,30 @@ class Router:
             return None
         return 403, f"user {user.get('name')!r} may not use deployment {deployment.name!r}"
 
-    async def proxy(self, request: Request, reader, writer, deployment: Deployment,
-                    upstream_target: bytes) -> bool:
+
+    def proxy(self, request, deployment: Deployment, upstream_target: bytes) -> asyncio.Future:
+        """Forward to a ready replica; the Future resolves to the answer for the caller."""
         stats = deployment.stats
         stats.requests += 1
         stats.in_flight += 1
-        started = time.monotonic()
-        status = 499  # unless an answer is sent: the caller went away
-        try:
-            status, keep = await self._proxy(request, reader, writer, deployment, upstream_target)
-            return keep and not self.closing
-        finally:
-            stats.in_flight -= 1
-            if status >= 500:
-                stats.errors += 1
-            now = time.monotonic()
-            stats.latency.add(now, now - started)
-
-    async def _proxy(self, request, reader, writer, deployment, upstream_target) -> tuple[int, bool]:
-        stats = deployment.stats
-        if request.expect_continue and request.has_body:
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        body = b""
-        if request.content_length and request.content_length <= SMALL_BODY:
-            body = await reader.readexactly(request.content_length)
-            body_left = False
+        head = [request.method.encode("latin-1"), b" ", upstream_target, b" HTTP/1.1\r\nHost: ", b""]
+        headers = request.headers
+        connection = request.header(b"connection")
+        named = ()
+        if connection is not None and connection.lower() not in (b"close", b"keep-alive"):
+            # headers named in Connection concern this hop only
+            named = {t.strip() for t in connection.lower().split(b",")}
+        for (lname, _), (name, value) in zip(headers, request.raw_headers):
+            if lname not in REQUEST_DROP and lname not in named:
+                head += (b"\r\n", name, b": ", value)
+        body = request.body
+        if body or request.content_length is not None or request.chunked:
+            head.append(b"\r\nContent-Length: %d\r\n\r\n" % len(body))
         else:
-            body_left = request.has_body
-        head = [request.method, b" ", upstream_target, b" HTTP/1.1\r\nHost: ", b"", b"\r\n"]
-        for lname, line in request.headers:
-            if lname not in REQUEST_DROP:
-                head.append(line)
-                head.append(b"\r\n")
-        if request.chunked:
-            head.append(b"Transfer-Encoding: chunked\r\n")
-        elif request.content_length is not None:
-            head.append(b"Content-Length: %d\r\n" % request.content_length)
-        head.append(b"\r\n")
-
-        tried: list[Replica] = []
-        revision = None
-        while len(tried) < MAX_TRIES:
-            replica, revision = self.balancer.pick(deployment, tried, revision)
-            if replica is None:
-                break
-            tried.append(replica)
-            replica.in_flight += 1
-            try:
-                try:
-                    up_reader, up_writer = await replica.connect()
-                except (OSError, asyncio.TimeoutError) as e:
-                    # nothing reached the replica: try another one
-                    replica.errors += 1
-                    stats.errors += 1
-                    if replica.down_until < time.monotonic():
-                        log.warning("Replica %s (%s) refused a connection: %s", replica.id,
-                                    replica.url, e or type(e).__name__)
-                    replica.down_until = time.monotonic() + EJECT_SECONDS
-                    continue
-                replica.requests += 1
-                stats.revision_requests[revision.name] = stats.revision_requests.get(revision.name, 0) + 1
-                return await self._exchange(request, reader, writer, replica, up_reader, up_writer,
-                                            head, body, body_left)
-            finally:
-                replica.in_flight -= 1
-        message = f"no replica is ready for deployment {deployment.name!r}; retry shortly"
-        if tried:
-            message = (f"no replica is ready for deployment {deployment.name!r}: "
-                       f"{', '.join(r.id for r in tried)} could not be reached; retry shortly")
-        keep = request.keep_alive and not body_left
-        writer.write(simple_response(503, {"error": message}, keep_alive=keep))
-        return 503, keep
-
-    async def _exchange(self, request, reader, writer, replica: Replica, up_reader, up_writer,
-                        head: list, body: bytes, body_left: bool) -> tuple[int, bool]:
-        """Send the request to the replica and stream its answer back: (status, keep-alive)."""
-        sent_head = False
-        reusable = False
-        try:
-            try:
-                head[4] = replica.host_header
-                up_writer.write(b"".join(head) + body if body else b"".join(head))
-                if body_left:
-                    if request.chunked:
-                        await copy_chunked(reader, up_writer)
-                    else:
-                        await copy_exact(reader, up_writer, request.content_length)
-                while True:
-                    response_head = await up_reader.readuntil(b"\r\n\r\n")
-                    if response_head[:7] != b"HTTP/1." or len(response_head) < 16:
-                        raise BadResponse("not an HTTP/1.x response")
-                    status = int(response_head[9:12])
-                    if status == 101:
-                        raise BadResponse("protocol upgrades are not supported")
-                    if status >= 200:
-                        break  # 1xx interim answers are dropped
-            except (asyncio.IncompleteReadError, ConnectionError, BadResponse, ValueError,
-                    asyncio.LimitOverrunError) as e:
-                if body_left and not isinstance(e, (BadResponse, ValueError)) and reader.at_eof():
-                    return 499, False  # the caller went away while sending its body
-                replica.errors += 1
-                log.warning("Replica %s failed a request: %s", replica.id, e or type(e).__name__)
-                keep = request.keep_alive and not body_left
-                writer.write(simple_response(
-                    502, {"error": f"replica {replica.id} failed to answer; the request was not retried"},
-                    keep_alive=keep))
-                return 502, keep
-            if status >= 500:
-                replica.errors += 1
-
-            lines = response_head[:-4].split(b"\r\n")
-            out = [b"HTTP/1.1 " + lines[0][9:], b"\r\n"]
-            content_length = None
-            chunked = False
-            upstream_close = lines[0][:8] == b"HTTP/1.0"
-            for line in lines[1:]:
-                name, _, value = line.partition(b":")
-                lname = name.strip().lower()
-                if lname == b"content-length":
-                    try:
-                        content_length = int(value)
-                    except ValueError:
-                        raise BadResponse("bad Content-Length") from None
-                elif lname in RESPONSE_DROP:
-                    if lname == b"transfer-encoding":
-                        chunked = b"chunked" in value.lower()
-                    elif lname == b"connection":
-                        token = value.strip().lower()
-                        upstream_close = b"close" in token or (upstream_close and b"keep-alive" not in token)
-                else:
-                    out.append(line)
-                    out.append(b"\r\n")
-            no_body = request.method == b"HEAD" or status in (204, 304) or status < 200
-            keep = request.keep_alive and not self.closing
-            dechunk = False
-            if chunked:
-                content_length = None
-            if content_length is not None:
-                out.append(b"Content-Length: %d\r\n" % content_length)
-            if no_body:
-                pass
-            elif chunked:
-                if request.version == b"HTTP/1.1":
-                    out.append(b"Transfer-Encoding: chunked\r\n")
-                else:
-                    dechunk, keep = True, False
-            elif content_length is None:
-                keep = False  # the body ends when the replica closes
-            if not keep:
-                out.append(b"Connection: close\r\n")
-            out.append(b"\r\n")
-
-            if no_body:
-                sent_head = True
-                writer.write(b"".join(out))
-            elif content_length is not None and content_length <= SMALL_BODY:
-                data = await up_reader.readexactly(content_length)
-                sent_head = True
-                writer.write(b"".join(out) + data)
-            else:
-                sent_head = True
-                writer.write(b"".join(out))
-                if content_length is not None:
-                    await copy_exact(up_reader, writer, content_length)
-                elif chunked:
-                    await copy_chunked(up_reader, writer, dechunk)
-                else:
-                    await copy_until_eof(up_reader, writer)
-                    upstream_close = True
-            reusable = not upstream_close
-            return status, keep
-        except (asyncio.IncompleteReadError, ConnectionError, BadResponse, asyncio.LimitOverrunError) as e:
-            if writer.transport.is_closing():
-                return 499, False  # the caller went away
-            replica.errors += 1
-            log.warning("Replica %s: an answer broke off: %s", replica.id, e or type(e).__name__)
-            if not sent_head:
-                writer.write(simple_response(
-                    502, {"error": f"replica {replica.id} sent a broken answer"}, keep_alive=False))
-            # after the head, the caller's connection cannot carry on either
-            return 502, False
-        finally:
-            if reusable:
-                replica.release(up_reader, up_writer)
-            else:
-                up_writer.close()
+            head.append(b"\r\n\r\n")
+        exchange = Exchange(self, request, deployment, head, body)
+        exchange.attempt()
+        return exchange.result
 
     # -- running -------------------------------------------------------------------------------
 
@@ -1026,38 +638,170 @@ class Router:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         self.load_routes()
-        public = await asyncio.start_server(self.serve_public, host, port, limit=HEAD_LIMIT,
-                                            reuse_address=True, backlog=1024)
-        admin = await asyncio.start_server(self.serve_admin, "127.0.0.1", admin_port,
-                                           limit=HEAD_LIMIT, reuse_address=True)
+        await self.public.listen(host, port)
+        await self.admin.listen("127.0.0.1", admin_port, backlog=128)
         tasks = [asyncio.ensure_future(self.watch_routes()), asyncio.ensure_future(self.sweep())]
         log.info("Router listening on %s:%d (admin on 127.0.0.1:%d), routes from %s",
                  host, port, admin_port, self.routes_path)
         await stop.wait()
 
         log.info("Stopping: no new connections; waiting up to %.0f s for requests in flight", SHUTDOWN_GRACE)
-        self.closing = True
-        public.close()
-        for conn in list(self.connections):
-            if not conn.busy:
-                conn.writer.close()
-        deadline = time.monotonic() + SHUTDOWN_GRACE
-        while any(c.busy for c in self.connections) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        left = sum(1 for c in self.connections if c.busy)
+        left = await self.public.drain(SHUTDOWN_GRACE)
         if left:
             log.warning("%d request(s) still in flight after %.0f s; closing them", left, SHUTDOWN_GRACE)
-        admin.close()
         for task in tasks:
             task.cancel()
-        for conn in list(self.connections):
-            conn.writer.close()
+        self.public.close()
+        self.admin.close()
         for replica in self.table.replicas.values():
-            replica.close_idle()
+            replica.upstream.close_idle()
         await self.hub.close()
         await asyncio.sleep(0)
         log.info("Router stopped")
         return 0
+
+
+class Exchange:
+    """One request forwarded: picks a replica, retries only what never reached one, and hands
+    the replica's answer (whole, or streamed) to the caller. Callbacks, not a task: the common
+    path (a pooled connection, a short answer) costs no scheduling."""
+
+    __slots__ = ("router", "request", "deployment", "head", "body", "tried", "revision",
+                 "replica", "connection", "result", "started", "status", "settled")
+
+    def __init__(self, router: Router, request, deployment: Deployment, head: list, body: bytes):
+        self.router = router
+        self.request = request
+        self.deployment = deployment
+        self.head = head
+        self.body = body
+        self.tried: list[Replica] = []
+        self.revision: Revision | None = None
+        self.replica: Replica | None = None
+        self.connection = None
+        self.result: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.result.add_done_callback(self._caller_gone)
+        self.started = time.monotonic()
+        self.status = 499  # unless an answer is sent: the caller went away
+        self.settled = False
+
+    def attempt(self) -> None:
+        deployment = self.deployment
+        while len(self.tried) < MAX_TRIES:
+            replica, self.revision = self.router.balancer.pick(deployment, self.tried, self.revision)
+            if replica is None:
+                break
+            self.tried.append(replica)
+            connection = replica.upstream.pooled()
+            replica.in_flight += 1
+            self.replica = replica
+            if connection is not None:
+                self._send(connection)
+            else:
+                connecting = asyncio.ensure_future(replica.upstream.connect())
+                connecting.add_done_callback(self._connected)
+            return
+        message = f"no replica is ready for deployment {deployment.name!r}; retry shortly"
+        if self.tried:
+            message = (f"no replica is ready for deployment {deployment.name!r}: "
+                       f"{', '.join(r.id for r in self.tried)} could not be reached; retry shortly")
+        self._answer(answer(503, {"error": message}), 503)
+
+    def _connected(self, connecting: asyncio.Future) -> None:
+        replica = self.replica
+        if self.result.done():  # the caller went away meanwhile (and was settled then)
+            if not connecting.cancelled() and connecting.exception() is None:
+                replica.upstream.release(connecting.result())
+            return
+        error = None if connecting.cancelled() else connecting.exception()
+        if connecting.cancelled() or error is not None:
+            # nothing reached the replica: try another one
+            replica.in_flight -= 1
+            replica.errors += 1
+            self.deployment.stats.errors += 1
+            now = time.monotonic()
+            if replica.down_until < now:
+                log.warning("Replica %s (%s) refused a connection: %s", replica.id, replica.url,
+                            error or type(error).__name__)
+            replica.down_until = now + EJECT_SECONDS
+            self.replica = None
+            self.attempt()
+            return
+        self._send(connecting.result())
+
+    def _send(self, connection) -> None:
+        replica = self.replica
+        replica.requests += 1
+        revisions = self.deployment.stats.revision_requests
+        revisions[self.revision.name] = revisions.get(self.revision.name, 0) + 1
+        self.connection = connection
+        head = self.head
+        head[4] = replica.host_header
+        data = b"".join(head)
+        sent = connection.request(data + self.body if self.body else data,
+                                  head_only=self.request.method == "HEAD")
+        sent.add_done_callback(self._answered)
+
+    def _answered(self, sent: asyncio.Future) -> None:
+        if self.result.done():
+            return
+        replica = self.replica
+        error = None if not sent.cancelled() else UpstreamError("cancelled")
+        if error is None:
+            error = sent.exception()
+        if error is not None:
+            replica.errors += 1
+            log.warning("Replica %s failed a request: %s", replica.id, error or type(error).__name__)
+            self._answer(answer(502, {"error": f"replica {replica.id} failed to answer; the request "
+                                               "was not retried"}), 502)
+            return
+        response = sent.result()
+        status = response.status
+        if status >= 500:
+            replica.errors += 1
+        headers = [(name, value) for name, value in response.headers
+                   if name.lower() not in RESPONSE_DROP]
+        if response.source is None:
+            self._answer((status, headers, response.body), status)
+            return
+        # streamed: the replica stays in flight until the last byte
+        self.status = status
+        source = response.source
+        self.result.set_result(Stream(status, headers, source))
+        source.when_finished(self._stream_ended)
+
+    def _stream_ended(self, error: BaseException | None) -> None:
+        if error is not None and not isinstance(error, asyncio.CancelledError):
+            self.replica.errors += 1
+            self.status = 502
+            log.warning("Replica %s: an answer broke off: %s", self.replica.id, error or type(error).__name__)
+        self._settle()
+
+    def _answer(self, response: tuple, status: int) -> None:
+        self.status = status
+        self.result.set_result(response)
+        self._settle()
+
+    def _caller_gone(self, result: asyncio.Future) -> None:
+        if result.cancelled():
+            # the caller hung up before the answer: a replica that never answers does not pile
+            # up connections
+            if self.connection is not None:
+                self.connection.abandon()
+            self._settle()
+
+    def _settle(self) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        if self.replica is not None:
+            self.replica.in_flight -= 1
+        stats = self.deployment.stats
+        stats.in_flight -= 1
+        if self.status >= 500:
+            stats.errors += 1
+        now = time.monotonic()
+        stats.latency.add(now, now - self.started)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1070,6 +814,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--admin-token-file", required=True, help="file holding the admin API token")
     parser.add_argument("--hub-api-url", default="",
                         help="JupyterHub API URL for token checks (default: $JUPYTERHUB_API_URL)")
+    parser.add_argument("--head-timeout", type=float, default=Limits.head_timeout,
+                        help="seconds a caller has to send a request head (default %(default)s); 408 after")
+    parser.add_argument("--body-timeout", type=float, default=Limits.body_timeout,
+                        help="seconds a caller has to send a request body (default %(default)s); 408 after")
     return parser.parse_args(argv)
 
 
@@ -1101,7 +849,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("The admin token file %s is empty", args.admin_token_file)
         return 2
     hub_api_url = args.hub_api_url or os.environ.get("JUPYTERHUB_API_URL", "")
-    router = Router(args.routes, admin_token, hub_api_url)
+    router = Router(args.routes, admin_token, hub_api_url,
+                    limits=Limits(head_timeout=args.head_timeout, body_timeout=args.body_timeout))
     try:
         import uvloop  # optional: faster when installed
     except ImportError:

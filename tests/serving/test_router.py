@@ -36,6 +36,7 @@ from fermi_extension.serving.router import (
     parse_routes,
 )
 from fermi_extension.serving.replica_key import replica_key
+from tests.serving.test_server import wine  # noqa: F401 - a fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "admin-secret"
@@ -572,6 +573,86 @@ async def test_sigterm_finishes_requests_in_flight_then_exits_0(standin, start_r
         answer = await slow
         assert answer.status_code == 200 and answer.json()["replica"] == "fast-a"
     assert await asyncio.to_thread(router.process.wait, 5) == 0
+
+
+# -- one source of truth for readiness: the control plane and the router agree ----------------------
+
+
+def deployment_status(factory) -> tuple[str, list[str]]:
+    from fermi_extension.db import Deployment, Replica as ReplicaRow
+
+    with factory() as session:
+        d = session.get(Deployment, "wine")
+        states = [r.state for r in session.query(ReplicaRow).filter_by(deployment="wine")]
+        return d.status, states
+
+
+async def test_an_infer_right_after_status_ready_is_never_503(wine, tmp_path):  # noqa: F811
+    """The control plane turns a deployment ``ready`` only once the router's own table routes to
+    a ready replica of it (asked through the router's admin API). A real router, real replicas,
+    the real controller: each time the deployment becomes ready again (stopped, then started,
+    so every round has a new replica the router has never seen), the very first infer sent once
+    the status (or the replica's state) says ready is answered 200, never 503."""
+    import mlflow.sklearn
+
+    from fermi_extension.backends.local.serving import LocalServingBackend
+    from fermi_extension.catalog.store import CatalogStore, load_catalog_file
+    from fermi_extension.db import Deployment, Revision, make_session_factory
+    from fermi_extension.deployments.service import DeploymentController, hash_key
+    from fermi_extension.paths import shipped
+    from fermi_extension.spec import runtime_spec
+
+    factory = make_session_factory(f"sqlite:///{tmp_path / 'fermi.sqlite'}")
+    catalog = CatalogStore(factory)
+    catalog.seed_if_empty(load_catalog_file(shipped("hub_config") / "catalog.yaml"))
+    backend = LocalServingBackend(serving_dir=str(tmp_path / "serving"), router_port=free_port())
+    X, pipeline = wine
+    mlflow.sklearn.save_model(pipeline, backend.model_dir("wine", "1"), input_example=X[:2],
+                              pip_requirements=["scikit-learn", "skops"])
+    _, image, profile = catalog.resolve(None, "cpu-small")
+    with factory() as session:
+        session.add(Deployment(
+            name="wine", owner="ann", model="wine", engine="auto", profile="cpu-small",
+            runtime=runtime_spec(image, profile).model_dump(mode="json"), min_replicas=1,
+            max_replicas=1, target_concurrency=5, scale_down_delay_seconds=0, desired_replicas=1,
+            status="pending", stable_revision="r1", key_hash=hash_key(KEY)))
+        session.add(Revision(deployment="wine", name="r1", version="1"))
+        session.commit()
+    controller = DeploymentController(factory, type("Service", (), {"traffic": {}})(), backend,
+                                      tracker=None, interval=0.2)
+    await controller.start()
+    row = [float(x) for x in X.iloc[0]]
+    body = {"inputs": [{"name": "input-0", "shape": [1, 13], "datatype": "FP64", "data": row}]}
+    url = f"http://127.0.0.1:{backend.router_port}/wine/v2/models/wine/infer"
+
+    async def until(what: str, predicate, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(deployment_status(factory)):
+            assert time.monotonic() < deadline, f"{what}: {deployment_status(factory)}"
+            await asyncio.sleep(0.002)
+
+    def set_stopped(stopped: bool) -> None:
+        with factory() as session:
+            session.get(Deployment, "wine").stopped = stopped
+            session.commit()
+        controller.wake()
+
+    try:
+        async with httpx.AsyncClient(timeout=10, headers=BEARER) as client:
+            for round_ in range(4):
+                if round_ % 2:  # the replica's state, which test_restart waits on
+                    await until("a ready replica", lambda s: "ready" in s[1])
+                else:
+                    await until("status ready", lambda s: s[0] == "ready")
+                answer = await client.post(url, json=body)
+                assert answer.status_code == 200, (round_, answer.status_code, answer.text)
+                assert answer.json()["outputs"][0]["data"] == [int(pipeline.predict(X.iloc[:1])[0])]
+                set_stopped(True)
+                await until("stopped, no replica", lambda s: s == ("stopped", []))
+                set_stopped(False)
+                await until("pending again", lambda s: s[0] == "pending")
+    finally:
+        await controller.stop(stop_all=True)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import pytest
 import yaml
 
 from fermi_extension.processes import free_port, wait_for
-from fermi_extension.serving import server
+from fermi_extension.serving import server, v2
 from fermi_extension.serving.replica_key import replica_key
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -222,6 +222,7 @@ def test_a_2d_tensor_flat_or_nested_scores_like_the_pipeline(replica, wine):
         body = response.json()
         assert body["model_name"] == NAME and body["model_version"] == VERSION
         assert body["id"] == "req-1"
+        v2.InferenceResponse.model_validate(body)  # the protocol's type, field for field
         [output] = body["outputs"]
         assert output["name"] == "predict" and output["datatype"] == "INT64"
         assert output["shape"] == [4]
@@ -321,7 +322,8 @@ def test_server_and_model_metadata(skops_replica, wine):
     X, _ = wine
     client = skops_replica.client
     server = client.get("/v2").json()
-    assert server["name"] == "fermi-model-server" and server["extensions"] == []
+    assert server["name"] == "fermi-model-server"
+    assert server["extensions"] == ["binary_tensor_data"]  # as Triton names it
     assert server["version"]
     model = client.get(f"/v2/models/{NAME}").json()
     assert model == client.get(f"/v2/models/{NAME}/versions/{VERSION}").json()
@@ -472,6 +474,20 @@ BAD_REQUESTS = [
     (f"/v2/models/{NAME}/infer", {"inputs": [{"name": "input-0", "shape": [0, 13],
                                               "datatype": "FP64", "data": []}]},
      400, ["no rows"]),
+    (f"/v2/models/{NAME}/infer", b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400,
+     ["nested too deeply"]),
+    (f"/v2/models/{NAME}/infer", b'{"inputs": [{"name": "input-0", "shape": [1, 13], '
+                                 b'"datatype": "FP64", "data": ' + b"[" * 3000 + b"]" * 3000
+                                 + b"}]}", 400, ["nested too deeply"]),
+    (f"/v2/models/{NAME}/infer", {"inputs": [{"name": "input-0", "shape": [1, -13],
+                                              "datatype": "FP64", "data": ROW}]},
+     400, ["non-negative integers"]),
+    (f"/v2/models/{NAME}/infer", {"inputs": [{"name": "input-0", "shape": "1x13",
+                                              "datatype": "FP64", "data": ROW}]},
+     400, ["inputs[0].shape", "e.g. [1, 13]"]),
+    (f"/v2/models/{NAME}/infer", {"id": 7, "inputs": [{"name": "input-0", "shape": [1, 13],
+                                                       "datatype": "FP64", "data": ROW}]},
+     400, ["id", "string"]),
     ("/v2/nowhere", None, 404, ["no such route"]),
     (f"/v2/models/{NAME}", {"inputs": []}, 405, ["use GET"]),
 ]

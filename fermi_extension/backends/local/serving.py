@@ -5,6 +5,11 @@ Replicas and the router run in sessions of their own, so a control plane that di
 
 Replicas accept only the router: each is started with its key (``serving.replica_key``, derived
 from the router's admin token and the replica's URL), which the router derives in turn.
+
+Readiness has one source of truth, the router: ``stats()`` is its admin API's ``/stats``, whose
+``readiness: true`` tells the controller to count a replica (and a deployment) as ready only
+once the router's own table routes to it; ``ready()`` (the replica's health check) only decides
+what the controller publishes to the router.
 """
 
 from __future__ import annotations
@@ -90,10 +95,12 @@ class LocalServingBackend(ServingBackend):
         if is_alive(state.get("pid"), state.get("started")):
             self._admin = f"http://127.0.0.1:{state['admin_port']}"
             health = await self._admin_health()
-            if health is None or health.get("replica_keys") is True:
+            if health is None or (health.get("replica_keys") is True
+                                  and health.get("readiness") is True):
                 return
-            # a router from before replica keys: replicas started from now on would refuse it
-            self.log.warning("Restarting the router (pid %s): it does not send replica keys",
+            # a router from before replica keys (replicas started from now on would refuse it)
+            # or before it reported readiness (the control plane's "ready" waits on its word)
+            self.log.warning("Restarting the router (pid %s): it is older than this control plane",
                              state["pid"])
             await asyncio.to_thread(kill_tree, state["pid"], state.get("started"), 10)
         if not self.routes_path.exists():
