@@ -33,6 +33,7 @@ from ..caller import Caller, audit
 from ..db import Dataset, DatasetVersion
 from ..errors import Conflict, InvalidInput, NotFound, Unprocessable
 from ..spec import DatasetMount
+from .mounts import link_datasets  # noqa: F401  (where callers have always found it)
 
 NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 CLAIM = r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?"  # a PersistentVolumeClaim's name (DNS subdomain)
@@ -353,20 +354,3 @@ class DatasetService:
                 mounts.append(DatasetMount(name=name, version=chosen.version, location=location,
                                            kind=kind, env=env_name(name)))
         return mounts
-
-
-def link_datasets(folder: Path, datasets: list[DatasetMount]) -> dict[str, str]:
-    """Each dataset at ``datasets/NAME`` in ``folder`` (a link to its path); returns the
-    environment naming where each one is (an s3:// location is only named)."""
-    env = {}
-    for mount in datasets:
-        if mount.kind == "path":
-            link = folder / "datasets" / mount.name
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if link.is_symlink() or link.exists():
-                link.unlink()
-            link.symlink_to(mount.location)
-            env[mount.env] = str(link)
-        else:
-            env[mount.env] = mount.location
-    return env

@@ -20,6 +20,10 @@ class JobLaunch:
     runtime: RuntimeSpec
     parameters: dict[str, Any]
     env: dict[str, str] = field(default_factory=dict)
+    # the tracking server as the control plane reaches it; a backend whose workloads reach it
+    # elsewhere (a cluster's in-cluster address) gives them that one instead
+    tracking_uri: str = ""
+    attempt: int = 1
 
 
 @dataclass
@@ -80,6 +84,9 @@ class JobBackend(LoggingConfigurable):
 
     async def start(self) -> None:
         """Prepare to launch (e.g. warm up); called once when the control plane starts."""
+
+    async def prewarm(self, runtime: RuntimeSpec) -> None:
+        """Get ready for jobs of ``runtime`` ahead of demand (a warm kernel); optional."""
 
     async def close(self) -> None:
         """Release what the backend holds (attempts keep running)."""

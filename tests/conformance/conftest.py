@@ -7,7 +7,11 @@ Fixtures:
   instance is a restarted control plane), and does to a running attempt what the world would:
   ``release`` it (the notebook's wait ends), ``disrupt`` it (local: the process is killed -9;
   kubernetes: the pod is evicted). Kubernetes runs against ``tests.kube.simulator.FakeCluster``
-  (kmock over HTTP, driven like a cluster); local runs real papermill processes.
+  (kmock over HTTP, driven like a cluster) whose kubelet runs each pod's command (the job entry
+  point) as a real process; local runs the same entry point in its own processes. Both run
+  real papermill and real kernels.
+- ``driver.dataset(name, files)``: a dataset version attached the way that backend attaches one
+  (local: a folder; kubernetes: a claim's subPath).
 - ``runtime``: the runtime spec of the shipped catalogue's default image × ``cpu-small``.
 """
 
@@ -27,7 +31,8 @@ def backend_kind(request) -> str:
 async def driver(backend_kind, tmp_path):
     if backend_kind == "kubernetes":
         pytest.importorskip("kmock")  # the API stand-in (test extra)
-    made = LocalDriver(tmp_path) if backend_kind == "local" else KubernetesDriver(tmp_path)
+    made = LocalDriver(tmp_path) if backend_kind == "local" else \
+        KubernetesDriver(tmp_path, run_pods=True)
     async with made:
         yield made
 

@@ -15,7 +15,8 @@ import nbformat
 from fermi_extension.jobs.backend import Handle, JobBackend, JobLaunch
 from fermi_extension.jobs.files import JobFiles
 from fermi_extension.processes import kill_tree
-from fermi_extension.spec import RuntimeSpec
+from fermi_extension.datasets.service import env_name
+from fermi_extension.spec import DatasetMount, RuntimeSpec
 
 
 def notebook(*cells: str) -> dict:
@@ -118,17 +119,27 @@ class Driver:
         await backend.close()
         self.backends.remove(backend)
 
+    # where the job's tracking server is, for this backend's workloads ("" none)
+    tracking_uri = ""
+
     async def launch(self, backend: JobBackend, nb: dict, runtime: RuntimeSpec,
-                     parameters: dict | None = None) -> tuple[Handle, JobFiles]:
+                     parameters: dict | None = None, env: dict | None = None
+                     ) -> tuple[Handle, JobFiles]:
         job_id = uuid.uuid4().hex[:12]
         files = JobFiles(self.jobs_dir / job_id)
         files.root.mkdir(parents=True)
         files.snapshot.write_text(json.dumps(nb))
         await backend.reserve(job_id, runtime)
         handle = await backend.launch(JobLaunch(job_id, "alice", files, runtime,
-                                                parameters or {}, {"FERMI_JOB_ID": job_id}))
+                                                parameters or {},
+                                                {"FERMI_JOB_ID": job_id, **(env or {})},
+                                                tracking_uri=self.tracking_uri))
         self.handles.append(handle)
         return handle, files
+
+    def dataset(self, name: str, files: dict[str, str]) -> DatasetMount:
+        """A dataset version holding ``files``, attached the way this backend attaches one."""
+        raise NotImplementedError
 
     def release(self, files: JobFiles) -> None:
         files.workdir.mkdir(parents=True, exist_ok=True)
@@ -192,10 +203,18 @@ class LocalDriver(Driver):
     def routes(self, backend) -> dict:
         return json.loads(backend.routes_path.read_text())
 
-    def make_job_backend(self) -> JobBackend:
+    def make_job_backend(self, **traits) -> JobBackend:
         from fermi_extension.backends.local.jobs import LocalJobBackend
 
-        return LocalJobBackend(gpu_inventory=[], kill_grace_seconds=1)
+        return LocalJobBackend(**{"gpu_inventory": [], "kill_grace_seconds": 1, **traits})
+
+    def dataset(self, name: str, files: dict[str, str]) -> DatasetMount:
+        folder = self.tmp / "data" / name / "v1"  # a folder the admin lets datasets be in
+        folder.mkdir(parents=True)
+        for relative, text in files.items():
+            (folder / relative).write_text(text)
+        return DatasetMount(name=name, version="1", location=str(folder), kind="path",
+                            env=env_name(name))
 
     async def until_running(self, backend, handle, files, timeout: float = 30) -> None:
         # the progress file appears once papermill runs cells: the kernel is up
@@ -221,7 +240,10 @@ class KubernetesDriver(Driver):
         super().__init__(tmp)
         from tests.kube.simulator import FakeCluster
 
-        self.cluster = FakeCluster(self.jobs_dir, **cluster_options)
+        self.claims_dir = tmp / "claims"
+        # run_pods=True: the pods run the job entry point for real (the kubelet's part, see
+        # the simulator), as the conformance suite has them
+        self.cluster = FakeCluster(self.jobs_dir, claims_dir=self.claims_dir, **cluster_options)
 
     async def __aenter__(self):
         await self.cluster.__aenter__()
@@ -235,7 +257,17 @@ class KubernetesDriver(Driver):
     def make_job_backend(self, **traits) -> JobBackend:
         from fermi_extension.backends.kubernetes.jobs import KubeJobBackend
 
+        if self.tracking_uri:
+            traits.setdefault("cluster_tracking_uri", self.tracking_uri)
         return KubeJobBackend(kubeconfig=str(self.kubeconfig), namespace="fermi", **traits)
+
+    def dataset(self, name: str, files: dict[str, str]) -> DatasetMount:
+        folder = self.claims_dir / "datasets" / name / "v1"  # on the claim "datasets"
+        folder.mkdir(parents=True)
+        for relative, text in files.items():
+            (folder / relative).write_text(text)
+        return DatasetMount(name=name, version="1", location=f"pvc://datasets/{name}/v1",
+                            kind="volume", env=env_name(name))
 
     async def until_running(self, backend, handle, files, timeout: float = 30) -> None:
         await self._until(lambda: handle.name in self.cluster.running, timeout)

@@ -18,14 +18,25 @@ the Job and Deployment controllers do and answers through the same API:
   InferenceServices report Ready.
 
 Every pod's log is served at ``pods/NAME/log``.
+
+``FakeCluster(run_pods=True)`` plays the kubelet for real instead: a job pod's container command
+(the job entry point) runs as a process on this machine with the container's environment, and
+its volumeMounts resolved the way a kubelet would bind them — the jobs claim's ``subPath`` is
+that job's folder under ``jobs_dir``, a dataset claim ``CLAIM/SUBPATH`` is a folder under
+``claims_dir`` — by rewriting the mount paths in its command and environment (no mount namespace
+here) and placing each mount nested in another (a dataset inside the working folder) as a link.
+Its exit code ends the pod (``FallbackToLogsOnError`` for a failure's message); an eviction or a
+deletion kills it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import secrets
+import sys
 from pathlib import Path
 
 from kmock import KubernetesEmulator, Server
@@ -54,8 +65,11 @@ class FakeCluster:
     """kmock plus the controllers and kubelets of a cluster (see the module docstring)."""
 
     def __init__(self, jobs_dir: Path | None = None, *, kueue: bool = False, kserve: bool = False,
-                 admit: bool = True, pod_delay: float = 0.0, record: bool = True):
+                 admit: bool = True, pod_delay: float = 0.0, record: bool = True,
+                 run_pods: bool = False, claims_dir: Path | None = None):
         self.jobs_dir = jobs_dir
+        self.run_pods, self.claims_dir = run_pods, claims_dir
+        self.processes: dict[str, asyncio.subprocess.Process] = {}  # job name → its pod's
         self.kueue, self.kserve, self.admit = kueue, kserve, admit
         self.pod_delay = pod_delay
         self.emulator: KubernetesEmulator | None = None
@@ -88,12 +102,15 @@ class FakeCluster:
         if self.kserve:
             self.tasks.append(asyncio.create_task(
                 self._watch("InferenceService", self._on_inference_service)))
-        await asyncio.sleep(0.05)  # the watches are open before anything is created
+        # no wait for the watches to open: like an API server, the stand-in starts each watch
+        # with an ADDED event for every object that already exists
         return self
 
     async def __aexit__(self, *exc) -> None:
         for task in [*self.tasks, *self._held.values()]:
             task.cancel()
+        for name in list(self.processes):  # no pod outlives its cluster
+            self._kill(name)
         await asyncio.gather(*self.tasks, *self._held.values(), return_exceptions=True)
         await self.client.close()
         await self.server.__aexit__(None, None, None)
@@ -140,6 +157,7 @@ class FakeCluster:
             held = self._held.pop(name, None)
             if held is not None:
                 held.cancel()
+            self._kill(name)
             if pod:
                 await self._quietly(self.client.delete("Pod", NAMESPACE, pod))
             return
@@ -168,6 +186,9 @@ class FakeCluster:
         await self._quietly(self.client.patch("Job", NAMESPACE, name,
                                               {"status": {"active": 1, "ready": 1}}, "status"))
         self.running.add(name)
+        if self.run_pods:
+            self._held[name] = asyncio.create_task(self._run_pod(job, pod_name))
+            return
         behaviour, error = self._behaviour(job)
         self.logs[pod_name] = b"Input Notebook:  input.ipynb\nExecuting notebook with kernel: python3\n"
         if behaviour == "hold":
@@ -202,13 +223,88 @@ class FakeCluster:
         self._held.pop(job["metadata"]["name"], None)
         await self.succeed(job["metadata"]["name"])
 
+    # -- the kubelet, for real (run_pods=True) -----------------------------------------------
+
+    def _bind(self, pod_spec: dict, container: dict) -> dict[str, Path]:
+        """mountPath → the folder on this machine that volume's claim (and subPath) is."""
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+                  for v in pod_spec.get("volumes", []) if "persistentVolumeClaim" in v}
+        bound = {}
+        for mount in container.get("volumeMounts", []):
+            claim = claims.get(mount["name"])
+            if claim is None:  # emptyDir (/dev/shm): nothing to bind here
+                continue
+            base = self.jobs_dir if claim == "fermi-jobs" else self.claims_dir / claim
+            bound[mount["mountPath"]] = base / mount.get("subPath", "")
+        return bound
+
+    async def _run_pod(self, job: dict, pod_name: str) -> None:
+        try:
+            await self._run_container(job, pod_name)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the container could not start: the pod fails, saying why
+            await self.fail(job["metadata"]["name"], f"kubelet: {error!r}", exit_code=128)
+
+    async def _run_container(self, job: dict, pod_name: str) -> None:
+        name = job["metadata"]["name"]
+        pod_spec = job["spec"]["template"]["spec"]
+        container = pod_spec["containers"][0]
+        bound = self._bind(pod_spec, container)
+        order = sorted(bound, key=len, reverse=True)
+
+        def host(text: str) -> str:
+            for mount_path in order:
+                if text == mount_path or text.startswith(mount_path + "/"):
+                    return str(bound[mount_path]) + text[len(mount_path):]
+            return text
+
+        for mount_path in order:  # a mount inside another mount: where the pod sees it
+            outer = next((m for m in order if mount_path.startswith(m + "/")), None)
+            if outer is not None:
+                place = Path(str(bound[outer]) + mount_path[len(outer):])
+                place.parent.mkdir(parents=True, exist_ok=True)
+                if not place.is_symlink():
+                    place.symlink_to(bound[mount_path])
+        from fermi_extension.workload_env import workload_env
+
+        env = workload_env({e["name"]: host(e["value"]) for e in container.get("env", [])})
+        command = [host(arg) for arg in container["command"]]
+        if command[0] == "python":  # the image's interpreter is this test's
+            command[0] = sys.executable
+        process = await asyncio.create_subprocess_exec(
+            *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True)
+        self.processes[name] = process
+        try:
+            while chunk := await process.stdout.read(65536):
+                self.logs[pod_name] = self.logs.get(pod_name, b"") + chunk
+            code = await process.wait()
+        except asyncio.CancelledError:
+            self._kill(name)
+            raise
+        finally:
+            self._held.pop(name, None)
+        if code == 0:
+            await self.succeed(name)
+        else:
+            await self.fail(name, self.logs.get(pod_name, b"")[-2048:].decode(errors="replace"),
+                            exit_code=code)
+
+    def _kill(self, job_name: str) -> None:
+        process = self.processes.pop(job_name, None)
+        if process is not None and process.returncode is None:
+            from fermi_extension.processes import kill_tree
+
+            kill_tree(process.pid, None, 1)
+
     # -- what tests do to pods ------------------------------------------------------------------
 
     async def succeed(self, job_name: str) -> None:
         pod = self.pods[job_name]
         job = await self.client.get("Job", NAMESPACE, job_name)
         folder = self._folder(job) if job else None
-        if folder is not None and (folder / "input.ipynb").exists():
+        if not self.run_pods and folder is not None and (folder / "input.ipynb").exists():
             (folder / "output.ipynb").write_text((folder / "input.ipynb").read_text())
         self.logs[pod] = self.logs.get(pod, b"") + b"Ending Cell 2-----------------------------\n"
         await self._patch_pod(pod, {"phase": "Succeeded", "containerStatuses": [
@@ -218,14 +314,17 @@ class FakeCluster:
             "active": 0, "ready": 0, "succeeded": 1,
             "conditions": [{"type": "Complete", "status": "True"}]}}, "status"))
 
-    async def fail(self, job_name: str, error: str = "ValueError: boom") -> None:
+    async def fail(self, job_name: str, error: str = "ValueError: boom", exit_code: int = 1) -> None:
         pod = self.pods[job_name]
-        message = ("---------------------------------------------------------------------------\n"
-                   "Exception encountered at \"In [2]\":\n" f"{error}\n")
-        self.logs[pod] = self.logs.get(pod, b"") + message.encode()
+        if self.run_pods:  # the pod's own log is its message (FallbackToLogsOnError)
+            message = error
+        else:
+            message = ("---------------------------------------------------------------------------\n"
+                       "Exception encountered at \"In [2]\":\n" f"{error}\n")
+            self.logs[pod] = self.logs.get(pod, b"") + message.encode()
         await self._patch_pod(pod, {"phase": "Failed", "containerStatuses": [
             {"name": "notebook", "ready": False, "state": {"terminated": {
-                "exitCode": 1, "reason": "Error", "message": message}}}]})
+                "exitCode": exit_code, "reason": "Error", "message": message}}}]})
         await self._job_failed(job_name, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
 
     async def evict(self, job_name: str) -> None:
@@ -233,6 +332,7 @@ class FakeCluster:
         held = self._held.pop(job_name, None)
         if held is not None:
             held.cancel()
+        self._kill(job_name)
         await self._patch_pod(pod, {
             "phase": "Failed", "reason": "Evicted",
             "message": "The node was low on resource: memory.",

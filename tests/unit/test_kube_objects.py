@@ -4,6 +4,8 @@ profile × engine combination of the shipped catalogue, is valid for Kubernetes 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -90,10 +92,12 @@ def test_a_job_pod_mounts_only_its_own_folder_of_the_jobs_claim(nodes):
     for mount in container_of(job)["volumeMounts"]:
         if claims.get(mount["name"]) == "fermi-jobs":
             assert mount["subPath"] == "a1b2c3" and mount["mountPath"] == f"{JOBS_MOUNT}/a1b2c3"
-    # the paths inside are the same as before: papermill's input, output and working folder
-    command = " ".join(container_of(job)["command"])
-    assert f"{JOBS_MOUNT}/a1b2c3/input.ipynb" in command
-    assert f"--cwd {JOBS_MOUNT}/a1b2c3/work" in command
+    # the pod runs the job entry point on that folder (input.ipynb, output.ipynb, work/ in it),
+    # with the attempt it was made for
+    command = container_of(job)["command"]
+    assert command[:4] == ["python", "-m", "fermi_extension.jobs.entry", f"{JOBS_MOUNT}/a1b2c3"]
+    spec = json.loads(command[command.index("--spec") + 1])
+    assert (spec["job_id"], spec["kernel"]) == ("a1b2c3", runtime.kernel)
     for bad in ("..", "a/b", ""):
         with pytest.raises(ValueError, match="job id"):
             make_job(bad, "alice", runtime, Cluster())
@@ -179,7 +183,8 @@ def test_dry_runs_print_every_object_without_a_platform(tmp_path):
     assert job.returncode == 0, job.stderr
     objects = list(yaml.safe_load_all(job.stdout))
     assert [o["kind"] for o in objects] == ["Job", "Service"]
-    assert '{"C": 0.3}' in objects[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+    command = objects[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert json.loads(command[command.index("--spec") + 1])["parameters"] == {"C": 0.3}
     validate_all(objects)
     deploy = run_cli("deploy", "wine", "--version", "3", "--min", "1", "--max", "3",
                      "--dry-run", "-o", "yaml", "--backend", "kubernetes")

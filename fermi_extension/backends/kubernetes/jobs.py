@@ -1,4 +1,5 @@
-"""Training jobs as Kubernetes Jobs: papermill in the catalogue image, sized by the profile,
+"""Training jobs as Kubernetes Jobs: the job entry point (``jobs/entry.py``, papermill and all)
+in the catalogue image, sized by the profile,
 queued through Kueue where the cluster has it, watched (one watch for all jobs, never a poll
 per job), cancelled by deletion with propagation, logs streamed from the pod.
 
@@ -125,11 +126,11 @@ class KubeJobBackend(KubernetesSettings, JobBackend):
         files = launch.files
         files.reset_attempt()
         await self.store.deliver(files, launch.job_id)
-        # pods reach the tracking server at its in-cluster address, not the control plane's
-        env = {k: v for k, v in launch.env.items() if k != "MLFLOW_TRACKING_URI"}
+        # pods reach the tracking server at its in-cluster address (the cluster's), never
+        # at launch.tracking_uri, the control plane's
         objects = make_job(launch.job_id, launch.owner, launch.runtime, self.kube_cluster,
-                           parameters=launch.parameters, env=env, name=name,
-                           nodes=launch.runtime.nodes)
+                           parameters=launch.parameters, env=launch.env, name=name,
+                           nodes=launch.runtime.nodes, attempt=launch.attempt)
         write_json_atomic(files.process, {"pid": None, "started": None, "name": name})
         for obj in objects:
             created = await self.client.create(obj)
@@ -160,7 +161,7 @@ class KubeJobBackend(KubernetesSettings, JobBackend):
 
     def outcome(self, files: JobFiles) -> Outcome:
         result = read_json(files.result)
-        if result is not None:
+        if result is not None and result.get("concluded"):  # not only the entry point's word
             return Outcome(result["status"], result.get("reason"), result.get("lost", False))
         name = (read_json(files.process) or {}).get("name")
         if not name:
@@ -176,6 +177,13 @@ class KubeJobBackend(KubernetesSettings, JobBackend):
         try:
             obj = self.jobs.get(name)
             outcome = self._outcome_of(name, obj)
+            # what the entry point itself recorded (the shared volume brings it back) says what
+            # the notebook did more precisely than the pod's end; the cluster's word stands
+            # where the attempt was lost (evicted, deleted) or never reported (OOM-killed)
+            reported = read_json(files.result)
+            if reported is not None and not outcome.lost and \
+                    (reported["status"] == "succeeded") == (outcome.status == "succeeded"):
+                outcome = Outcome(reported["status"], reported.get("reason"))
             follower = self._followers.pop(name, None)
             if follower is not None:
                 follower.cancel()
@@ -194,7 +202,7 @@ class KubeJobBackend(KubernetesSettings, JobBackend):
             except Exception as error:
                 self.log.warning("could not collect the output of %s: %s", name, error)
             write_json_atomic(files.result, {"status": outcome.status, "reason": outcome.reason,
-                                             "lost": outcome.lost})
+                                             "lost": outcome.lost, "concluded": True})
             if self.delete_finished and obj is not None:
                 await self._delete_attempt(name)
             return outcome

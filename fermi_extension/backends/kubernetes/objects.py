@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from ...catalog.schema import Catalog
+from ...jobs.entry import JobSpec, entry_command
 from ...spec import RuntimeSpec
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "fermi"}
@@ -93,15 +94,16 @@ def _shm(runtime: RuntimeSpec) -> tuple[list[dict], list[dict]]:
 
 
 def _datasets(runtime: RuntimeSpec, workdir: str,
-              cluster: Cluster) -> tuple[list[dict], list[dict], dict]:
-    """Attached dataset versions: a volume (pvc://CLAIM/SUBPATH) is mounted read-only at
-    ``datasets/NAME`` in the working folder; an s3:// location is handed over as it is. Either
-    way ``$ENV`` says where it is. (Paths on the control plane's machine are refused earlier.)
+              cluster: Cluster) -> tuple[list[dict], list[dict]]:
+    """Attached dataset versions on a volume (pvc://CLAIM/SUBPATH), mounted read-only at
+    ``datasets/NAME`` in the working folder, where the job entry point finds them and names
+    them in ``$ENV`` as on every backend (``datasets/mounts.py``); an s3:// location needs no
+    mount. (Paths on the control plane's machine are refused earlier.)
 
     The control plane checked the claim when the dataset was attached; it is checked here again
     (a ValueError) so that no spec, however it was made, mounts another claim: the jobs claim
     holds every user's jobs, and any other claim may be someone's home."""
-    volumes, mounts, env = [], [], {}
+    volumes, mounts = [], []
     for index, mount in enumerate(getattr(runtime, "datasets", None) or []):
         if mount.kind == "volume" and mount.location.startswith("pvc://"):
             claim, _, subpath = mount.location[len("pvc://"):].partition("/")
@@ -118,17 +120,14 @@ def _datasets(runtime: RuntimeSpec, workdir: str,
             if ".." in subpath.split("/"):
                 raise ValueError(f"dataset {mount.name!r}: its path {subpath!r} climbs out of "
                                  "the volume ('..'); register a version without '..'.")
-            target = f"{workdir}/datasets/{mount.name}"
             volumes.append({"name": f"dataset-{index}",
                             "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-            entry = {"name": f"dataset-{index}", "mountPath": target, "readOnly": True}
+            entry = {"name": f"dataset-{index}", "mountPath": f"{workdir}/datasets/{mount.name}",
+                     "readOnly": True}
             if subpath.strip("/"):
                 entry["subPath"] = subpath.strip("/")
             mounts.append(entry)
-            env[mount.env] = target
-        elif mount.kind == "s3":
-            env[mount.env] = mount.location
-    return volumes, mounts, env
+    return volumes, mounts
 
 
 # -- training jobs ----------------------------------------------------------------------------
@@ -147,15 +146,17 @@ def job_labels(job_id: str, owner: str, runtime: RuntimeSpec) -> dict:
 def make_job(job_id: str, owner: str, runtime: RuntimeSpec, cluster: Cluster, *,
              parameters: dict | None = None, env: dict[str, str] | None = None,
              timeout_seconds: int | None = None, nodes: int = 1,
-             name: str | None = None) -> list[dict]:
-    """The batch/v1 Job running papermill on the job's snapshot (and, for ``nodes`` > 1, the
-    headless Service its indexed pods rendezvous through, torchrun-style). ``name``: the
-    attempt's object name (default ``job_name(job_id)``)."""
+             name: str | None = None, attempt: int = 1) -> list[dict]:
+    """The batch/v1 Job running the job entry point (``jobs/entry.py``, which runs papermill)
+    on the job's snapshot in the catalogue image (and, for ``nodes`` > 1, the headless Service
+    its indexed pods rendezvous through, torchrun-style). ``name``: the attempt's object name
+    (default ``job_name(job_id)``). The environment is the job's (``env``: its run, its job
+    id) on top of the cluster's tracking address and the image × profile's own."""
     name = name or job_name(job_id)
     labels = job_labels(job_id, owner, runtime)
     if cluster.storage.kind == "s3":
         folder = f"{cluster.storage.s3_prefix.rstrip('/')}/{job_id}"
-        volumes, mounts, workdir = [], [], "/tmp/work"
+        volumes, mounts, root = [], [], "/tmp/job"
     else:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", job_id) or ".." in job_id:
             raise ValueError(f"job id {job_id!r} cannot name a folder of the jobs volume: use "
@@ -165,28 +166,26 @@ def make_job(job_id: str, owner: str, runtime: RuntimeSpec, cluster: Cluster, *,
         # only this job's folder of the shared volume (subPath), at the same path as before:
         # the claim holds every user's jobs, and a pod sees none but its own
         mounts = [{"name": "jobs", "mountPath": folder, "subPath": job_id}]
-        workdir = f"{folder}/work"
+        root = folder
     shm_volumes, shm_mounts = _shm(runtime)
     variables = {
         "MLFLOW_TRACKING_URI": cluster.tracking_uri,
         "FERMI_JOB_ID": job_id,
         "FERMI_JOB_USER": owner,
-        "IPYTHONDIR": f"{folder}/ipython" if cluster.storage.kind == "pvc" else "/tmp/ipython",
         **runtime.env,
         **(env or {}),
     }
-    output = f"{folder}/output.ipynb"
-    # the parameters travel in the object itself (papermill -y): what is reviewed is what runs
-    command = ["papermill", f"{folder}/input.ipynb", output,
-               "-y", json.dumps(parameters or {}, sort_keys=True),
-               "-k", runtime.kernel, "--log-output", "--no-progress-bar", "--cwd", workdir]
-    if nodes > 1:  # every rank runs the notebook; rank 0's output is the job's output
+    # the attempt travels in the object itself: what is reviewed is what runs
+    spec_of = JobSpec.of(job_id, runtime, parameters, attempt)
+    if cluster.storage.kind == "s3":  # papermill reads and writes the bucket itself
+        command = entry_command(root, spec_of, snapshot=f"{folder}/input.ipynb",
+                                output=f"{folder}/output.ipynb")
+    else:
+        command = entry_command(root, spec_of)
+    if nodes > 1:  # every rank runs the notebook (its rank: JOB_COMPLETION_INDEX); rank 0's
+        # output is the job's
         variables.update({"WORLD_SIZE": str(nodes), "MASTER_ADDR": f"{name}-0.{name}",
                           "MASTER_PORT": "29500"})
-        command = ["sh", "-c",
-                   "export RANK=$JOB_COMPLETION_INDEX; "
-                   "OUT=" + output + "; [ \"$RANK\" = 0 ] || OUT=" + folder + "/output-rank-$RANK.ipynb; "
-                   'exec papermill "$0" "$OUT" "$@"', *command[1:2], *command[3:]]
     container = {
         "name": "notebook",
         "image": runtime.image_reference,
@@ -195,15 +194,13 @@ def make_job(job_id: str, owner: str, runtime: RuntimeSpec, cluster: Cluster, *,
         "resources": resources(runtime),
         "volumeMounts": mounts + shm_mounts,
         # a failing notebook's last log lines (papermill's error) become the pod's termination
-        # message, which the backend turns into the job's reason
+        # message: the job's reason where the entry point's result.json cannot come back (s3)
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    dataset_volumes, dataset_mounts, dataset_env = _datasets(runtime, workdir, cluster)
+    dataset_volumes, dataset_mounts = _datasets(runtime, f"{root}/work", cluster)
     if dataset_mounts:
         container["volumeMounts"] = container["volumeMounts"] + dataset_mounts
         volumes = volumes + dataset_volumes
-    if dataset_env:
-        container["env"] = _env({**variables, **dataset_env})
     if cluster.storage.kind == "s3" and cluster.storage.s3_secret:
         container["envFrom"] = [{"secretRef": {"name": cluster.storage.s3_secret}}]
     pod_spec = {

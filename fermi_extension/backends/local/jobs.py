@@ -1,4 +1,6 @@
-"""Training jobs as processes on this machine, forked from a warm launcher."""
+"""Training jobs as processes on this machine, forked from a warm launcher, each running the job
+entry point every backend shares (``jobs/entry.py``), CPU jobs on a warm kernel when one waits
+(``kernels.py``)."""
 
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ from ...db import make_session_factory
 from ...jobs.backend import Handle, JobBackend, JobLaunch, Outcome
 from ...jobs.files import JobFiles, read_json
 from ...processes import identity, is_alive, kill_tree
-from ...datasets.service import link_datasets
+from ...jobs.entry import JobSpec
 from ...spec import DatasetMount, RuntimeSpec
 from ...workload_env import workload_env
 from .gpus import GpuAllocator, gpu_availability, gpu_inventory, job_holder, visible_devices
+from .kernels import warm_key
 
 
 class LocalJobBackend(JobBackend):
@@ -32,6 +35,13 @@ class LocalJobBackend(JobBackend):
 
     kill_grace_seconds = Int(
         5, help="Seconds between SIGTERM and SIGKILL when a job is cancelled or times out."
+    ).tag(config=True)
+
+    warm_kernels = Int(
+        1, help="""Kernels kept started ahead of demand for each kind of CPU job (image, kernel,
+        profile) that has run here or was warmed at start; each serves one job and is
+        replaced. 0 turns the pool off (every job starts its own kernel, ~1 s). GPU jobs always
+        start their own.""",
     ).tag(config=True)
 
     def __init__(self, **kwargs):
@@ -88,30 +98,47 @@ class LocalJobBackend(JobBackend):
         if not line:
             raise RuntimeError("the job launcher exited during start-up; see the control plane log")
 
+    def _warm(self, runtime: RuntimeSpec) -> dict | None:
+        """The warm pool a job of ``runtime`` can take its kernel from (None: none for it)."""
+        if runtime.gpu or self.warm_kernels <= 0:
+            return None
+        # no GPU is visible to a kernel made before its job is known
+        env = workload_env({**runtime.env, "CUDA_VISIBLE_DEVICES": visible_devices([])})
+        return {"key": warm_key(runtime.image_reference, runtime.kernel, runtime.profile, env),
+                "kernel": runtime.kernel, "env": env, "size": self.warm_kernels}
+
+    async def prewarm(self, runtime: RuntimeSpec) -> None:
+        warm = self._warm(runtime)
+        if warm is not None:
+            await self._ask({"op": "warm", "warm": warm})
+
     async def launch(self, launch: JobLaunch) -> Handle:
         files = launch.files
         files.reset_attempt()
-        dataset_env = link_datasets(files.workdir, launch.runtime.datasets)
         holder = job_holder(launch.job_id)
         devices = self.gpus.allocate(holder, launch.runtime.gpu, self.gpu_devices)
+        tracking = {"MLFLOW_TRACKING_URI": launch.tracking_uri} if launch.tracking_uri else {}
         request = {
+            "op": "run",
             "job_id": launch.job_id,
             "job_dir": str(files.root),
-            "kernel": launch.runtime.kernel,
-            "parameters": launch.parameters,
-            "env": workload_env({**launch.runtime.env, **dataset_env, **launch.env,
+            "spec": JobSpec.of(launch.job_id, launch.runtime, launch.parameters,
+                               launch.attempt).to_json(),
+            "env": workload_env({**launch.runtime.env, **tracking, **launch.env,
                                  "CUDA_VISIBLE_DEVICES": visible_devices(devices)}),
+            "warm": self._warm(launch.runtime),
         }
         try:
-            handle = await self._fork(request)
+            answer = await self._ask(request)
         except Exception:
             self.gpus.release(holder)
             raise
+        handle = Handle(pid=answer["pid"], started=identity(answer["pid"]))
         if devices:
             self.gpus.attach(holder, handle.pid, handle.started)
         return handle
 
-    async def _fork(self, request: dict) -> Handle:
+    async def _ask(self, request: dict) -> dict:
         async with self._launch_lock:
             for attempt in range(2):
                 await self.start()
@@ -127,8 +154,7 @@ class LocalJobBackend(JobBackend):
                 self._launcher = None
             else:
                 raise RuntimeError("the job launcher could not start the job")
-        pid = json.loads(line)["pid"]
-        return Handle(pid=pid, started=identity(pid))
+        return json.loads(line)
 
     def alive(self, handle: Handle) -> bool:
         return is_alive(handle.pid, handle.started)
@@ -171,10 +197,11 @@ class LocalJobBackend(JobBackend):
             await asyncio.to_thread(kill_tree, handle.pid, handle.started, self.kill_grace_seconds)
 
     async def close(self) -> None:
+        """Stop the launcher and the warm kernels waiting in it (jobs keep running)."""
         if self._launcher is not None and self._launcher.returncode is None:
             self._launcher.stdin.close()
             try:
-                await asyncio.wait_for(self._launcher.wait(), 5)
+                await asyncio.wait_for(self._launcher.wait(), 15)
             except asyncio.TimeoutError:
                 self._launcher.kill()
 
