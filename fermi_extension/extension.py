@@ -247,8 +247,27 @@ class ProxyHandler(FermiHandler):
                            headers={"Content-Type": "application/json"})
 
     @web.authenticated
+    async def put(self, path):
+        await self.forward("PUT", path, content=self.request.body,
+                           headers={"Content-Type": self.request.headers.get(
+                               "Content-Type", "application/json")})
+
+    @web.authenticated
     async def delete(self, path):
         await self.forward("DELETE", path)
+
+
+class NoRouteHandler(FermiHandler):
+    """``/fermi/api/`` itself: a JSON 404 like every other error of this API (the control plane
+    answers the same for paths it does not have)."""
+
+    @web.authenticated
+    def get(self):
+        raise NotFound(f"No API route {self.request.method} {self.request.path}; the dev server "
+                       "adds jobs, schedules, notebook/parameters, environment and templates to "
+                       "the control plane's routes (its openapi.json lists them).")
+
+    post = put = patch = delete = get
 
 
 async def ensure_folder(contents, folder: str) -> None:
@@ -286,7 +305,11 @@ class FermiExtension(ExtensionApp):
         return os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
     def initialize_settings(self):
-        self.settings["fermi_control_plane"] = ControlPlane(self.api_url, self.api_token)
+        self.control_plane = ControlPlane(self.api_url, self.api_token)
+        self.settings["fermi_control_plane"] = self.control_plane
+
+    async def stop_extension(self):
+        await self.control_plane.http.aclose()
 
     def initialize_handlers(self):
         self.handlers.extend([
@@ -297,4 +320,5 @@ class FermiExtension(ExtensionApp):
             (r"/fermi/api/environment/?", EnvironmentHandler),
             (r"/fermi/api/templates/?", TemplatesHandler),
             (r"/fermi/api/(.+)", ProxyHandler),
+            (r"/fermi/api/?", NoRouteHandler),
         ])

@@ -136,3 +136,23 @@ def test_usage_and_audit_are_recorded_and_scoped(admin, alice, bob, tiny_noteboo
     assert all(e["actor"] == alice.name for e in trail)
     assert admin.api("GET", "audit", params={"actor": alice.name}).json()["events"]
     assert alice.api("GET", "usage", params={"month": "last"}).status_code == 400
+
+
+def test_an_unknown_api_path_answers_a_json_404_on_the_control_plane_and_the_dev_server(
+        platform, alice):
+    from tests.test_notebook_panels import start_server
+
+    for method in ("POST", "GET", "DELETE"):
+        response = alice.api(method, "sweeps", json={})
+        assert response.status_code == 404, (method, response.text[:200])
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert "openapi.json" in response.json()["message"]
+    base = start_server(platform, alice)
+    try:
+        for method, path in (("POST", "sweeps"), ("GET", "no/such/thing"), ("GET", "")):
+            response = alice.http.request(method, f"{base}/{path}", json={})
+            assert response.status_code == 404, (method, path, response.text[:200])
+            assert response.headers["Content-Type"].startswith("application/json"), (method, path)
+            assert "No API route" in response.json()["message"], (method, path)
+    finally:
+        alice.http.delete(f"/hub/api/users/{alice.name}/server")

@@ -20,6 +20,7 @@ from .service import (
     expected_revision,
     parse_catalog_document,
 )
+from .access import offered_profiles, readable_images
 from .schema import Catalog, Image, Pool, Profile
 from .models import (
     CatalogState,
@@ -51,22 +52,20 @@ def meta_fields(meta: ItemMeta | None) -> dict:
             "updated_by": meta.updated_by}
 
 
-def profile_out(settings, profile: Profile, pool: Pool, meta: ItemMeta | None) -> ProfileOut:
-    available, reason = settings["job_backend"].availability(profile, pool)
+def profile_out(services, profile: Profile, pool: Pool, meta: ItemMeta | None) -> ProfileOut:
+    available, reason = services.job_backend.availability(profile, pool)
     return ProfileOut(**profile.model_dump(), **meta_fields(meta), available=available,
                       unavailable_reason=reason)
 
 
 def visible_profiles(settings, caller) -> ProfileList:
-    catalog, meta = settings["catalog"].snapshot()
+    """The profiles ``caller`` may use (``access.py``), with availability: the API and pages."""
+    services = settings["services"]
+    catalog, meta = services.catalog.snapshot()
     pools = {p.slug: p for p in catalog.pools}
     out = []
-    for profile in catalog.profiles:
-        if profile.allowed_groups and not caller.admin and not (
-            set(profile.allowed_groups) & set(caller.groups)
-        ):
-            continue
-        out.append(profile_out(settings, profile, pools[profile.pool],
+    for profile in offered_profiles(catalog, caller):
+        out.append(profile_out(services, profile, pools[profile.pool],
                                meta.get(("profiles", profile.slug))))
     return ProfileList(profiles=out, pools=[
         PoolItem(**p.model_dump(), **meta_fields(meta.get(("pools", p.slug))))
@@ -78,7 +77,7 @@ class CatalogHandler(APIHandler):
     """Shared by the catalogue handlers: the editor (admins only) and item answers."""
 
     def editor(self) -> CatalogEditor:
-        return CatalogEditor(self.settings["catalog"], self.caller)
+        return CatalogEditor(self.services.catalog, self.caller)
 
     def body_dict(self) -> dict:
         try:
@@ -95,8 +94,8 @@ class CatalogHandler(APIHandler):
     def send_item(self, kind: str, item: BaseModel, meta: ItemMeta, status: int = 200) -> None:
         self.set_header("ETag", f'"{meta.revision}"')
         if kind == "profiles":
-            pool = self.settings["catalog"].get("pools", item.pool)
-            out: BaseModel = profile_out(self.settings, item, pool, meta)
+            pool = self.services.catalog.get("pools", item.pool)
+            out: BaseModel = profile_out(self.services, item, pool, meta)
         elif kind == "images":
             out = ImageItem(**item.model_dump(), **meta_fields(meta))
         else:
@@ -158,7 +157,7 @@ class CatalogDocumentHandler(CatalogHandler):
         self.send(CatalogState(
             images=[ImageItem(**i.model_dump(), **meta_fields(meta.get(("images", i.slug))))
                     for i in catalog.images],
-            profiles=[profile_out(self.settings, p, pools[p.pool], meta.get(("profiles", p.slug)))
+            profiles=[profile_out(self.services, p, pools[p.pool], meta.get(("profiles", p.slug)))
                       for p in catalog.profiles],
             pools=[PoolItem(**p.model_dump(), **meta_fields(meta.get(("pools", p.slug))))
                    for p in catalog.pools],
@@ -182,12 +181,10 @@ class CatalogDocumentHandler(CatalogHandler):
 class ImagesHandler(CatalogHandler):
     @operation("The image catalogue (hidden images: admins only)", response=ImageList)
     def get(self):
-        catalog, meta = self.settings["catalog"].snapshot()
-        images = [i for i in catalog.images if i.offered_to(self.caller)]
-        images.sort(key=lambda i: (not i.featured,))
+        catalog, meta = self.services.catalog.snapshot()
         self.send(ImageList(images=[
             ImageItem(**i.model_dump(), **meta_fields(meta.get(("images", i.slug))))
-            for i in images
+            for i in readable_images(catalog, self.caller)
         ]))
 
     @operation("Add an image (admins); 409 if the slug is taken", request=Image,
@@ -210,7 +207,7 @@ class ProfilesHandler(CatalogHandler):
 class PoolsHandler(CatalogHandler):
     @operation("Resource pools: capacity and GPUs", response=PoolList)
     def get(self):
-        catalog, meta = self.settings["catalog"].snapshot()
+        catalog, meta = self.services.catalog.snapshot()
         self.send(PoolList(pools=[
             PoolItem(**p.model_dump(), **meta_fields(meta.get(("pools", p.slug))))
             for p in catalog.pools
@@ -238,7 +235,7 @@ def item_handlers(kind: str, out: type[BaseModel], update: type[BaseModel]) -> l
                         return self.send(profile)
                 raise NotFound(
                     f"No profile {slug!r} in the catalogue (or it is not offered to you).")
-            item, meta = self.settings["catalog"].get_with_meta(kind, slug)
+            item, meta = self.services.catalog.get_with_meta(kind, slug)
             if kind == "images" and not item.offered_to(self.caller):
                 raise NotFound(f"No image {slug!r} in the catalogue.")  # as if it did not exist
             self.send_item(kind, item, meta)
@@ -294,13 +291,13 @@ class BuildsHandler(APIHandler):
     @operation("Build an image from a Dockerfile with this machine's builder (422 where none is "
                "installed)", request=CreateBuild, response=DescribeBuild, status=202, admin=True)
     def post(self):
-        self.send(self.settings["builds"].start(self.caller, self.parse(CreateBuild)), 202)
+        self.send(self.services.builds.start(self.caller, self.parse(CreateBuild)), 202)
 
 
 class BuildHandler(APIHandler):
     @operation("A build's status and log", response=DescribeBuild)
     def get(self, build_id: str):
-        self.send(self.settings["builds"].get(self.caller, build_id))
+        self.send(self.services.builds.get(self.caller, build_id))
 
 
 routes = [

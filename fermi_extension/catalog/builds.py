@@ -67,11 +67,15 @@ class BuildService:
     ``async build(build_id, dockerfile, reference, log_path) -> (status, reason)``); otherwise
     a builder installed on this machine."""
 
-    def __init__(self, session_factory, builds_dir: Path, cluster_builder=None):
+    def __init__(self, session_factory, builds_dir: Path, cluster_builder=None,
+                 command: list[str] | None = None):
         self.session_factory = session_factory
         self.builds_dir = Path(builds_dir)
         self.cluster_builder = cluster_builder
-        self._builder: list[str] | None | bool = False  # looked up on first use: `docker info` is slow
+        # ``command``: the builder to run (``detect_builder``'s shape); else looked up on first
+        # use, since `docker info` is slow
+        self._builder: list[str] | None | bool = command if command is not None else False
+        self._running: set[asyncio.Task] = set()
 
     @property
     def builder(self) -> list[str] | None:
@@ -103,10 +107,27 @@ class BuildService:
                   after={"reference": request.reference, "build": build.id})
             session.commit()
             described = self._describe(build)
-        asyncio.get_running_loop().create_task(self._run(described.id, request.reference))
+        task = asyncio.get_running_loop().create_task(self._run(described.id, request.reference))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
         return described
 
+    async def stop(self) -> None:
+        """Stop the builds still running (the control plane's shutdown): each is killed and
+        recorded as failed, so that none is left half-built and marked running."""
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+
     async def _run(self, build_id: str, reference: str) -> None:
+        try:
+            await self._build(build_id, reference)
+        except asyncio.CancelledError:
+            self._set(build_id, "failed", "the control plane stopped during the build; start "
+                                          "it again")
+            raise
+
+    async def _build(self, build_id: str, reference: str) -> None:
         context = self.builds_dir / build_id
         self._set(build_id, "running")
         if self.cluster_builder is not None:
@@ -117,7 +138,12 @@ class BuildService:
         with open(context / "build.log", "wb") as log:
             process = await asyncio.create_subprocess_exec(
                 *self.builder, "-t", reference, str(context), stdout=log, stderr=log)
-            code = await process.wait()
+            try:
+                code = await process.wait()
+            except asyncio.CancelledError:  # the builder's process ends with its build
+                process.kill()
+                await process.wait()
+                raise
         self._set(build_id, "succeeded" if code == 0 else "failed",
                   None if code == 0 else f"the builder exited with status {code}; see the log")
 

@@ -12,8 +12,10 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
+from ..caller import Caller
 from ..db import CatalogItem, CatalogRevision
 from ..errors import InvalidInput, NotFound
+from .access import PLATFORM, choose_image, choose_profile
 from .schema import Catalog, Image, Pool, Profile
 
 KINDS = {"images": Image, "profiles": Profile, "pools": Pool}
@@ -100,38 +102,13 @@ class CatalogStore:
             parts[row.kind].append(row.data)
         return Catalog.model_validate(parts)
 
-    def resolve(self, image: str | None, profile: str | None) -> tuple[Catalog, Image, Profile]:
-        """The image and profile a request names, or the defaults; 400 naming the valid choices."""
+    def resolve(self, image: str | None, profile: str | None,
+                caller: Caller = PLATFORM) -> tuple[Catalog, Image, Profile]:
+        """The image and profile a request names, or the defaults, as ``caller`` may use them
+        (``access.py``); 400/403 naming the valid choices. ``caller`` defaults to the platform
+        itself, which every profile is offered to: requests always pass who asks."""
         catalog = self.catalog()
-        images = {i.slug: i for i in catalog.images}
-        profiles = {p.slug: p for p in catalog.profiles}
-        if image is None:
-            chosen_image = catalog.default_image()
-        elif image in images and not images[image].hidden:
-            chosen_image = images[image]
-        elif image in images and images[image].redirect_message:
-            raise InvalidInput(
-                f"Image {image!r} is no longer offered: "
-                f"{images[image].redirect_message.rstrip('. ')}. Choose one of: "
-                + ", ".join(s for s, i in images.items() if not i.hidden)
-                + " (GET catalog/images lists them)."
-            )
-        else:
-            raise InvalidInput(
-                f"Unknown image {image!r}; choose one of: "
-                + ", ".join(s for s, i in images.items() if not i.hidden)
-                + " (GET catalog/images lists them)."
-            )
-        if profile is None:
-            chosen_profile = catalog.default_profile()
-        elif profile in profiles:
-            chosen_profile = profiles[profile]
-        else:
-            raise InvalidInput(
-                f"Unknown profile {profile!r}; choose one of: {', '.join(profiles)} "
-                "(GET catalog/profiles lists them)."
-            )
-        return catalog, chosen_image, chosen_profile
+        return catalog, choose_image(catalog, image), choose_profile(catalog, caller, profile)
 
     def get(self, kind: str, slug: str):
         return self.get_with_meta(kind, slug)[0]

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -52,7 +53,7 @@ from ..monitoring.state import Monitor
 from .metrics import MetricsHandler
 from .pages import GuideHandler, HomeHandler
 from .images_page import ImagesPage
-from .openapi import HealthHandler, OpenAPIHandler, build_openapi, tornado_pattern
+from .openapi import HealthHandler, NoRouteHandler, OpenAPIHandler, build_openapi, tornado_pattern
 
 # the one switch (FermiService.backend / $FERMI_BACKEND) → the job and serving backends
 BACKENDS = {
@@ -61,6 +62,31 @@ BACKENDS = {
     "kubernetes": ("fermi_extension.backends.kubernetes.jobs.KubeJobBackend",
                    "fermi_extension.backends.kubernetes.serving.KubeServingBackend"),
 }
+
+@dataclass(frozen=True)
+class Services:
+    """Every part of the control plane, built once by ``FermiService.init_services``, each
+    handed the others it needs there. Handlers reach them as ``self.services``
+    (``APIHandler``), never by looking one up in the app."""
+
+    catalog: CatalogStore
+    quotas: QuotaService
+    datasets: DatasetService
+    jobs: JobService
+    runner: JobRunner
+    schedules: ScheduleService
+    registry: ModelRepository
+    deployments: DeploymentService
+    controller: DeploymentController
+    workflows: WorkflowService
+    builds: BuildService
+    usage: UsageService
+    monitor: Monitor
+    hub: HubClient
+    job_backend: JobBackend
+    serving_backend: ServingBackend
+    tracker: Tracker
+
 
 # one route table per domain (each domain's api.py), all under /api/
 ROUTES = [*catalog_api.routes, *jobs_api.routes, *registry_api.routes, *deployments_api.routes,
@@ -215,32 +241,51 @@ class FermiService(Application):
         logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s fermi] %(message)s")
         Path(self.data_dir).mkdir(parents=True, exist_ok=True)
         self.session_factory = make_session_factory(self.db_url)
-        self.catalog = CatalogStore(self.session_factory)
-        if self.catalog.seed_if_empty(load_catalog_file(self.catalog_seed)):
+        self.init_services()
+        self.http_server = None
+        self._background: list[asyncio.Task] = []
+
+    # -- the composition root: every part built once, here, and handed what it needs ---------
+
+    def init_services(self) -> None:
+        catalog = CatalogStore(self.session_factory)
+        if catalog.seed_if_empty(load_catalog_file(self.catalog_seed)):
             self.log.info("Catalogue seeded from %s", self.catalog_seed)
-        self.job_backend = self.job_backend_class(parent=self)
-        self.tracker = Tracker(self.tracking_uri)
+        job_backend = self.job_backend_class(parent=self)
+        serving_backend = self.serving_backend_class(parent=self)
+        tracker = Tracker(self.tracking_uri)
         jobs_dir = Path(self.data_dir) / "jobs"
         warm_up_notebook_validation()
-        self.quotas = QuotaService(self.session_factory)
+        quotas = QuotaService(self.session_factory)
         # one rule for registering, attaching and (on Kubernetes, see KubernetesSettings) mounting
         self.dataset_policy = DatasetPolicy(self.dataset_roots, self.dataset_claims, self.data_dir)
-        self.datasets = DatasetService(self.session_factory, self.dataset_policy)
-        self.runner = JobRunner(self.session_factory, self.catalog, self.job_backend, self.tracker,
-                                jobs_dir, tracking_uri=self.tracking_uri, quotas=self.quotas)
-        self.jobs = JobService(self.session_factory, self.catalog, self.job_backend, jobs_dir,
-                               wake=self.runner.wake, quotas=self.quotas, datasets=self.datasets)
-        self.schedules = ScheduleService(self.session_factory, self.jobs)
-        self.registry = ModelRepository(self.session_factory, self.tracker)
-        self.serving_backend = self.serving_backend_class(parent=self)
-        self.deployments = DeploymentService(self.session_factory, self.catalog, self.registry,
-                                             self.serving_backend, self.serving_url,
-                                             quotas=self.quotas)
-        self.controller = DeploymentController(self.session_factory, self.deployments,
-                                               self.serving_backend, self.tracker,
-                                               quotas=self.quotas)
-        self.deployments.controller = self.controller
-        self.workflows = WorkflowService(self.session_factory, self.jobs, self.deployments)
+        datasets = DatasetService(self.session_factory, self.dataset_policy)
+        runner = JobRunner(self.session_factory, catalog, job_backend, tracker, jobs_dir,
+                           tracking_uri=self.tracking_uri, quotas=quotas)
+        jobs = JobService(self.session_factory, catalog, job_backend, jobs_dir, wake=runner.wake,
+                          quotas=quotas, datasets=datasets)
+        registry = ModelRepository(self.session_factory, tracker)
+        deployments = DeploymentService(self.session_factory, catalog, registry, serving_backend,
+                                        self.serving_url, quotas=quotas)
+        controller = DeploymentController(self.session_factory, deployments, serving_backend,
+                                          tracker, quotas=quotas)
+        deployments.controller = controller
+        # the one instance HubOAuthenticated handlers share (OAuth state lives in it)
+        self.hub_auth = HubOAuth.instance(cache_max_age=60)
+        # the hub's users, groups and servers, read with this service's token
+        hub = HubClient(self.hub_auth.api_url, self.hub_auth.api_token)
+        self.services = Services(
+            catalog=catalog, quotas=quotas, datasets=datasets, jobs=jobs, runner=runner,
+            schedules=ScheduleService(self.session_factory, jobs), registry=registry,
+            deployments=deployments, controller=controller,
+            workflows=WorkflowService(self.session_factory, jobs, deployments),
+            builds=BuildService(self.session_factory, Path(self.data_dir) / "builds",
+                                cluster_builder=self.cluster_builder()),
+            usage=UsageService(self.session_factory),
+            # one platform snapshot for metrics, dashboard, cost analysis and alerts
+            monitor=Monitor(self.session_factory, catalog, deployments, hub), hub=hub,
+            job_backend=job_backend, serving_backend=serving_backend, tracker=tracker,
+        )
 
     def cluster_builder(self):
         """On Kubernetes, image builds run as Kaniko Jobs; here, with a local builder."""
@@ -252,8 +297,6 @@ class FermiService(Application):
 
     def make_app(self) -> web.Application:
         prefix = self.prefix.rstrip("/")
-        # the one instance HubOAuthenticated handlers share (OAuth state lives in it)
-        hub_auth = HubOAuth.instance(cache_max_age=60)
         base = self.public_url.rstrip("/") + prefix
         self.openapi = build_openapi(ROUTES, base + "/api", __version__)
         handlers = [
@@ -261,6 +304,7 @@ class FermiService(Application):
         ] + [
             (prefix + "/api/openapi.json", OpenAPIHandler),
             (prefix + "/api/health", HealthHandler),
+            (prefix + "/api(?:/.*)?", NoRouteHandler),  # after every route: a JSON 404
             (prefix + "/oauth_callback", HubOAuthCallbackHandler),
             (prefix + "/metrics", MetricsHandler),
             *admin_pages.page_routes(prefix),
@@ -271,55 +315,62 @@ class FermiService(Application):
         ]
         return web.Application(
             handlers,
-            hub_auth=hub_auth,
+            hub_auth=self.hub_auth,
             cookie_secret=os.urandom(32),
-            jobs=self.jobs,
-            runner=self.runner,
-            schedules=self.schedules,
-            quotas=self.quotas,
-            datasets=self.datasets,
-            workflows=self.workflows,
-            registry=self.registry,
-            builds=BuildService(self.session_factory, Path(self.data_dir) / "builds",
-                                cluster_builder=self.cluster_builder()),
-            deployments=self.deployments,
-            usage=UsageService(self.session_factory),
-            # one platform snapshot for metrics, dashboard, cost analysis and alerts; reads the
-            # hub's users and servers with this service's token
-            monitor=Monitor(self.session_factory, self.catalog, self.deployments,
-                            HubClient(hub_auth.api_url, hub_auth.api_token)),
-            catalog=self.catalog,
-            job_backend=self.job_backend,
+            services=self.services,  # the one way handlers and pages reach the parts
             openapi=self.openapi,
             prefix=self.prefix,
-            login_url=hub_auth.login_url,
+            login_url=self.hub_auth.login_url,
             xsrf_cookies=False,
         )
 
-    async def run(self) -> None:
-        await self.job_backend.start()
-        await self.runner.start()
-        await self.controller.start()
-        scheduling = asyncio.create_task(self.schedules.run())
-        orchestrating = asyncio.create_task(self.workflows.run())
+    # -- the one lifecycle: everything started here is stopped by ``stop_services`` ----------
+
+    async def start_services(self) -> None:
+        """Start the backends, the job runner, the deployment controller, the schedules, the
+        workflows, the monitor and the HTTP server, in that order."""
+        s = self.services
+        await s.job_backend.start()
+        await s.runner.start()
+        await s.controller.start()
+        self._background = [asyncio.create_task(s.schedules.run(), name="fermi-schedules"),
+                            asyncio.create_task(s.workflows.run(), name="fermi-workflows")]
+        s.monitor.start()
         url = urlparse(self.service_url)
-        server = self.make_app().listen(url.port, url.hostname, xheaders=True)
+        self.http_server = self.make_app().listen(url.port, url.hostname, xheaders=True)
         self.log.info("Fermi control plane listening on %s%s", self.service_url, self.prefix)
+
+    async def stop_services(self) -> None:
+        """Stop what ``start_services`` started, newest first, and wait for each to end."""
+        s = self.services
+        if self.http_server is not None:
+            self.http_server.stop()
+            await self.http_server.close_all_connections()
+            self.http_server = None
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background = []
+        await s.monitor.stop()
+        await s.builds.stop()
+        # on one machine Ctrl-C means "stop everything"; on Kubernetes a hub pod restarting
+        # (a rollout) must leave jobs and inference services running, to be re-attached
+        stop_work = self.backend != "kubernetes"
+        await s.runner.stop(stop_jobs=stop_work)
+        await s.controller.stop(stop_all=stop_work)
+        await s.tracker.close()
+
+    async def run(self) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        self.log.info("Stopping: running jobs are stopped and queued again for the next start")
-        server.stop()
-        scheduling.cancel()
-        orchestrating.cancel()
-        # on one machine Ctrl-C means "stop everything"; on Kubernetes a hub pod restarting
-        # (a rollout) must leave jobs and inference services running, to be re-attached
-        stop_work = self.backend != "kubernetes"
-        await self.runner.stop(stop_jobs=stop_work)
-        await self.controller.stop(stop_all=stop_work)
-        await self.tracker.close()
+        try:
+            await self.start_services()
+            await stop.wait()
+            self.log.info("Stopping: running jobs are stopped and queued again for the next start")
+        finally:  # also when a part failed to start: those already started are stopped
+            await self.stop_services()
 
     def start(self) -> None:
         asyncio.run(self.run())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from jupyterhub.services.auth import HubOAuthenticated
 from pydantic import BaseModel, ValidationError
@@ -19,6 +19,9 @@ from tornado import web
 from ..catalog.store import validation_message
 from ..errors import FermiError, InvalidInput, NotAuthenticated, http_status
 from ..caller import Caller
+
+if TYPE_CHECKING:
+    from .app import Services
 
 log = logging.getLogger("fermi.api")
 
@@ -64,6 +67,11 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
 
     def prepare(self) -> None:
         self.caller  # noqa: B018 — every verb requires a hub identity
+
+    @property
+    def services(self) -> "Services":
+        """The control plane's parts, as the composition root built them (``app.Services``)."""
+        return self.settings["services"]
 
     # -- JSON in and out --------------------------------------------------------------------
 

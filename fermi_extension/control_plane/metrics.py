@@ -173,6 +173,6 @@ class MetricsHandler(APIHandler):
     async def get(self):
         if not self.caller.admin:
             raise Forbidden("Metrics are for admins: scrape with an admin's or a service's token.")
-        snapshot = await self.settings["monitor"].snapshot()
+        snapshot = await self.services.monitor.snapshot()
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         self.finish(render(snapshot))

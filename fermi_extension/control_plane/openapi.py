@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
+import sys
 
 from pydantic.json_schema import models_json_schema
 
+from ..errors import NotFound
 from .base import APIHandler, Operation, operation
 
 VERBS = ("get", "post", "patch", "put", "delete")
@@ -107,3 +111,46 @@ class HealthHandler(APIHandler):
     @operation("Liveness of the control plane (no authentication)")
     def get(self):
         self.send({"status": "ok"})
+
+
+class NoRouteHandler(APIHandler):
+    """Any other path under /api/: a JSON 404 naming what exists, for every verb, before any
+    authentication (a path that exists for nobody says so to everybody)."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+    def prepare(self) -> None:
+        raise NotFound(f"No API route {self.request.method} {self.request.path}; the routes are "
+                       f"listed in {self.request.path.split('/api')[0]}/api/openapi.json.")
+
+
+# The document the lab extension's types are generated from: fixed base URL and version, so the
+# generated file changes only when the contract does, not at every release.
+STABLE_BASE = "/services/fermi/api"
+STABLE_VERSION = "contract"
+
+
+def contract_json() -> str:
+    from .app import ROUTES
+
+    doc = build_openapi(ROUTES, STABLE_BASE, STABLE_VERSION)
+    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m fermi_extension.control_plane.openapi",
+        description="Write the control plane's OpenAPI document (JSON) to a file or stdout.",
+    )
+    parser.add_argument("-o", "--output", help="file to write (default: stdout)")
+    args = parser.parse_args(argv)
+    text = contract_json()
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()

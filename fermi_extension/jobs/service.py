@@ -20,17 +20,19 @@ from typing import Callable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..catalog.schema import Image, Profile
+from ..catalog.access import choose_image, choose_profile
+from ..catalog.schema import Catalog, Image, Profile
 from ..catalog.store import CatalogStore
 from .. import workload_files
 from ..caller import Caller, audit, owned
-from ..db import Job, JobEvent, UsageRecord, utcnow
+from ..db import Job, JobEvent, utcnow
 from ..datasets.service import DatasetService
 from ..quotas.service import QuotaService
 from ..registry.service import version_refusal
-from ..errors import Conflict, InvalidInput, NotFound, Unavailable, Unprocessable
+from ..errors import Conflict, InvalidInput, Unavailable, Unprocessable
 from ..spec import DatasetMount, RuntimeSpec, runtime_spec
 from ..tracking.tracker import Tracker, TrackingError
+from ..usage.service import usage_record
 from .backend import Handle, JobBackend, JobLaunch, Outcome
 from .files import JobFiles, read_json
 from .models import STATUSES, CreateJob, DescribeJob, JobLogs, check_job_name
@@ -82,7 +84,7 @@ def describe(job: Job, *, events: list[JobEvent] | None = None, position: int | 
 
 @dataclass
 class Prepared:
-    """A checked submission: what ``JobService.submit`` writes."""
+    """A checked submission: what ``JobService.submit`` writes (and a dry run returns)."""
 
     notebook: dict
     parameters: dict
@@ -92,6 +94,34 @@ class Prepared:
     notebook_name: str
     datasets: list[DatasetMount]
     image_version: str | None = None
+    spec: RuntimeSpec | None = None  # the runtime the job carries, datasets and ranks included
+
+
+def check_submission(catalog: Catalog, caller: Caller, request: CreateJob) -> Prepared:
+    """The checks of a submission that need only the catalogue: the notebook and its
+    parameters, the image, version and profile ``caller`` may use (``catalog/access.py``), the
+    name. ``JobService.prepare`` adds what this platform can run; the offline Kubernetes render
+    (``fermi jobs submit --dry-run``) stops here."""
+    notebook = load_notebook(request.notebook)
+    parameters = check_parameters(detect_parameters(notebook), request.parameters)
+    image = choose_image(catalog, request.image)
+    profile = choose_profile(catalog, caller, request.profile)
+    notebook_name = request.notebook_name or "notebook.ipynb"
+    name = request.name or default_job_name(notebook_name)
+    try:
+        check_job_name(name)
+    except ValueError as error:
+        raise InvalidInput(f"{str(error)[0].upper()}{str(error)[1:]}.") from None
+    if "/" in notebook_name or "\\" in notebook_name or notebook_name.startswith("."):
+        notebook_name = Path(notebook_name.replace("\\", "/")).name or "notebook.ipynb"
+    tags = [v.tag for v in image.versions]
+    if request.image_version is not None and request.image_version not in tags:
+        raise InvalidInput(f"Image {image.slug!r} has no version {request.image_version!r}; "
+                           f"choose one of: {', '.join(tags) or '(none)'}.")
+    spec = runtime_spec(image, profile, request.image_version)
+    spec.nodes = request.nodes
+    return Prepared(notebook, parameters, image, profile, name, notebook_name, [],
+                    request.image_version, spec)
 
 
 class JobService:
@@ -191,11 +221,11 @@ class JobService:
     # -- writes -----------------------------------------------------------------------------
 
     def prepare(self, caller: Caller, request: CreateJob) -> "Prepared":
-        """Every check of a submission, writing nothing (also used to validate a schedule)."""
-        notebook = load_notebook(request.notebook)
-        declared = detect_parameters(notebook)
-        parameters = check_parameters(declared, request.parameters)
-        catalog, image, profile = self.catalog.resolve(request.image, request.profile)
+        """Every check of a submission, writing nothing: the submission itself (``submit``), a
+        dry run (``submit(dry_run=True)``), a schedule and a workflow step all pass here."""
+        catalog = self.catalog.catalog()
+        ready = check_submission(catalog, caller, request)
+        profile = ready.profile
         pool = next(p for p in catalog.pools if p.slug == profile.pool)
         available, reason = self.backend.availability(profile, pool)
         if not available:
@@ -205,43 +235,27 @@ class JobService:
                 f"Profile {profile.slug!r} asks for {profile.gpu} GPUs but its pool {pool.slug!r} "
                 f"has {pool.gpus}: the job could never start. Ask an admin to fix the profile."
             )
-        if profile.allowed_groups and not caller.admin and not (
-            set(profile.allowed_groups) & set(caller.groups)
-        ):
-            raise NotFound(f"Unknown profile {profile.slug!r} (not offered to you).")
-        notebook_name = request.notebook_name or "notebook.ipynb"
-        name = request.name or default_job_name(notebook_name)
-        try:
-            check_job_name(name)
-        except ValueError as error:
-            raise InvalidInput(f"{str(error)[0].upper()}{str(error)[1:]}.") from None
-        if "/" in notebook_name or "\\" in notebook_name or notebook_name.startswith("."):
-            notebook_name = Path(notebook_name.replace("\\", "/")).name or "notebook.ipynb"
-        tags = [v.tag for v in image.versions]
-        if request.image_version is not None and request.image_version not in tags:
-            raise InvalidInput(f"Image {image.slug!r} has no version {request.image_version!r}; "
-                               f"choose one of: {', '.join(tags) or '(none)'}.")
         if request.nodes > self.backend.max_nodes:
             raise Unprocessable(
                 f"This platform runs a job on at most {self.backend.max_nodes} node(s), and "
                 f"{request.nodes} were asked: distributed training needs the Kubernetes backend.")
-        datasets = self.datasets.resolve(caller, request.datasets)
-        for mount in datasets:
+        ready.spec.datasets = ready.datasets = self.datasets.resolve(caller, request.datasets)
+        for mount in ready.datasets:
             refusal = self.backend.dataset_refusal(mount)
             if refusal:
                 raise Unprocessable(refusal)
-        return Prepared(notebook, parameters, image, profile, name, notebook_name, datasets,
-                        request.image_version)
+        return ready
 
     def submit(self, caller: Caller, request: CreateJob, *, retry_of: Job | None = None,
-               origin: str | None = None) -> DescribeJob:
+               origin: str | None = None, dry_run: bool = False) -> DescribeJob | Prepared:
+        """Queue a job. ``dry_run``: the same path, stopped before anything is written; returns
+        what would have been queued (``Prepared``), or the refusal the submission would get."""
         ready = self.prepare(caller, request)
         self.quotas.admit(caller)  # a spent monthly quota refuses; other limits queue the job
+        if dry_run:
+            return ready
         notebook, parameters, image, profile = ready.notebook, ready.parameters, ready.image, ready.profile
-        name, notebook_name = ready.name, ready.notebook_name
-        spec: RuntimeSpec = runtime_spec(image, profile, ready.image_version)
-        spec.datasets = ready.datasets
-        spec.nodes = request.nodes
+        name, notebook_name, spec = ready.name, ready.notebook_name, ready.spec
         with self.session_factory() as session:
             job = Job(
                 name=name, owner=caller.name, status="queued", priority=request.priority,
@@ -297,7 +311,14 @@ class JobService:
                 session.commit()
         return described
 
-    def cancel(self, caller: Caller, job_id: str) -> tuple[DescribeJob, Handle | None]:
+    async def cancel(self, caller: Caller, job_id: str) -> DescribeJob:
+        """Cancel the job and stop its running attempt (all its processes) before answering."""
+        described, handle = self.record_cancel(caller, job_id)
+        if handle is not None and (handle.pid or handle.name):
+            await self.backend.kill(handle)
+        return described
+
+    def record_cancel(self, caller: Caller, job_id: str) -> tuple[DescribeJob, Handle | None]:
         """Mark the job cancelled; returns the attempt to stop, if one runs."""
         with self.session_factory() as session:
             job = self._visible(session, caller, job_id)
@@ -335,6 +356,7 @@ class JobRunner:
         self._wake = asyncio.Event()
         self._watches: dict[str, asyncio.Task] = {}
         self._task: asyncio.Task | None = None
+        self._warm: asyncio.Task | None = None
         self._stopping = False
 
     def wake(self) -> None:
@@ -352,16 +374,29 @@ class JobRunner:
     async def start(self) -> None:
         self._warm = asyncio.create_task(self.tracker.warm_up())
         await self.reconcile()
+        await self._prewarm()
         self._task = asyncio.create_task(self._loop())
+
+    async def _prewarm(self) -> None:
+        """The first job of the catalogue's default image × profile need not wait for a kernel
+        (later kinds are warmed by the backend as they run)."""
+        catalog = self.catalog.catalog()
+        try:
+            await self.backend.prewarm(runtime_spec(catalog.default_image(),
+                                                    catalog.default_profile()))
+        except Exception as error:  # a cold first job, not a control plane that cannot start
+            log.warning("could not warm a kernel for the default profile: %s", error)
 
     async def stop(self, *, stop_jobs: bool) -> None:
         """``stop_jobs``: the platform is shutting down on purpose (Ctrl-C): running attempts are
         stopped and their jobs queued again, to run on the next start."""
         self._stopping = True
-        if self._task:
-            self._task.cancel()
-        for task in self._watches.values():
+        # every task this runner started ends before the backend closes under it
+        tasks = [t for t in (self._task, self._warm, *self._watches.values())
+                 if t is not None]
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if stop_jobs:
             with self.session_factory() as session:
                 running = session.scalars(select(Job).where(Job.status == "running")).all()
@@ -510,8 +545,7 @@ class JobRunner:
                     job.reason = f"Waiting for the tracking server: {error.message}"
                     session.commit()
             return False
-        env = {
-            "MLFLOW_TRACKING_URI": self.tracking_uri,
+        env = {  # the tracking URI is the backend's to give (JobLaunch.tracking_uri)
             "MLFLOW_RUN_ID": run["run_id"],
             "MLFLOW_EXPERIMENT_ID": experiment,
             "FERMI_JOB_ID": job_id,
@@ -521,7 +555,8 @@ class JobRunner:
             job = session.get(Job, job_id)       # server's gate knows runs by their job
             job.tracking_run_id, job.tracking_experiment_id = run["run_id"], experiment
             session.commit()
-        launch = JobLaunch(job_id, owner, files, runtime, parameters, env)
+        launch = JobLaunch(job_id, owner, files, runtime, parameters, env,
+                           tracking_uri=self.tracking_uri, attempt=attempt)
         try:
             handle = await self.backend.launch(launch)
         except Exception as error:  # the backend could not start it: say why, do not hang
@@ -646,15 +681,7 @@ class JobRunner:
             job.progress = read_json(files.progress) or job.progress or {}
             job.pid = job.pid_started = None
             job.handle_name = None
-            runtime = job.runtime
-            session.add(UsageRecord(
-                user=job.owner, kind="job", ref=job.id, profile=job.profile,
-                gpus=int(runtime.get("gpu", 0)), started_at=started, ended_at=ended,
-                seconds=(ended - started).total_seconds(),
-                price_per_hour=float(runtime.get("price_per_hour", 0.0)),
-                cost=(ended - started).total_seconds() / 3600
-                * float(runtime.get("price_per_hour", 0.0)),
-            ))
+            session.add(usage_record(job.owner, "job", job.id, job.runtime, started, ended))
             session.commit()
         if run_id:
             await self._end_run(run_id, run_status)

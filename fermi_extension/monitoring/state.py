@@ -182,12 +182,15 @@ class Monitor:
 
         self.evaluator = Evaluator()
         self._evaluating: asyncio.Task | None = None
+        self._stopped = False
         self.start()
 
     def start(self, every: float = EVALUATION_INTERVAL) -> None:
         """Sample traffic and evaluate the alert rules in the background (as Prometheus does
         every evaluation_interval), so that ``for`` durations run while nobody looks. A no-op
         outside a running event loop (tests build monitors without one)."""
+        if self._stopped:
+            return
         self.history.start()
         if self._evaluating is not None and not self._evaluating.done():
             return
@@ -196,6 +199,15 @@ class Monitor:
         except RuntimeError:
             return
         self._evaluating = loop.create_task(self._evaluate_forever(every))
+
+    async def stop(self) -> None:
+        """End the evaluator and the traffic sampler (the control plane's shutdown); a snapshot
+        read afterwards starts neither again."""
+        self._stopped = True
+        if self._evaluating is not None:
+            self._evaluating.cancel()
+            await asyncio.gather(self._evaluating, return_exceptions=True)
+        await self.history.stop()
 
     async def _evaluate_forever(self, every: float) -> None:
         while True:

@@ -58,6 +58,7 @@ class TrafficHistory:
         self.every = every
         self.samples: dict[str, deque[Sample]] = {}
         self._task: asyncio.Task | None = None
+        self._stopped = False
 
     def record(self, name: str, sample: Sample) -> None:
         series = self.samples.setdefault(name, deque())
@@ -105,7 +106,10 @@ class TrafficHistory:
             await asyncio.sleep(self.every)
 
     def start(self) -> bool:
-        """Start sampling in the running event loop (False when there is none yet)."""
+        """Start sampling in the running event loop (False when there is none yet, or after
+        ``stop``)."""
+        if self._stopped:
+            return False
         if self._task is not None and not self._task.done():
             return True
         try:
@@ -114,3 +118,10 @@ class TrafficHistory:
             return False
         self._task = loop.create_task(self.run())
         return True
+
+    async def stop(self) -> None:
+        """End the sampler for good (the control plane's shutdown): a later read starts no new one."""
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

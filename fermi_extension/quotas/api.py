@@ -9,13 +9,13 @@ from ..control_plane.base import APIHandler, operation
 class QuotasHandler(APIHandler):
     @operation("Quotas (admins: all; users: those that apply to them)", response=QuotaList)
     def get(self):
-        self.send(self.settings["quotas"].list(self.caller))
+        self.send(self.services.quotas.list(self.caller))
 
 
 class MyQuotaHandler(APIHandler):
     @operation("What you hold now against each limit that applies to you", response=MyQuota)
     def get(self):
-        self.send(self.settings["quotas"].mine(self.caller))
+        self.send(self.services.quotas.mine(self.caller))
 
 
 class QuotaHandler(APIHandler):
@@ -23,11 +23,11 @@ class QuotaHandler(APIHandler):
                request=QuotaLimits, response=DescribeQuota, admin=True)
     def put(self, scope: str, subject: str):
         limits = self.parse(QuotaLimits)
-        self.send(self.settings["quotas"].put(self.caller, scope, subject, limits))
+        self.send(self.services.quotas.put(self.caller, scope, subject, limits))
 
     @operation("Remove a quota (admins)", status=204, admin=True)
     def delete(self, scope: str, subject: str):
-        self.settings["quotas"].delete(self.caller, scope, subject)
+        self.services.quotas.delete(self.caller, scope, subject)
         self.set_status(204)
         self.finish()
 

@@ -9,22 +9,22 @@ from ..control_plane.base import APIHandler, operation
 class ModelsHandler(APIHandler):
     @operation("Models you own or that are shared with you (admins: all)", response=ListModelsResponse)
     async def get(self):
-        self.send(ListModelsResponse(models=await self.settings["registry"].list(self.caller)))
+        self.send(ListModelsResponse(models=await self.services.registry.list(self.caller)))
 
 
 class ModelHandler(APIHandler):
     @operation("A model with its versions and their lineage (job, parameters, metrics)",
                response=DescribeModel)
     async def get(self, name: str):
-        self.send(await self.settings["registry"].get(self.caller, name))
+        self.send(await self.services.registry.get(self.caller, name))
 
     @operation("Share a model with groups (owner or admin)", request=ShareModel,
                response=DescribeModel)
     async def patch(self, name: str):
         request = self.parse(ShareModel)
-        self.settings["registry"].share(self.caller, name, request.groups,
-                                         request.writer_groups)
-        self.send(await self.settings["registry"].get(self.caller, name))
+        self.services.registry.share(self.caller, name, request.groups,
+                                     request.writer_groups)
+        self.send(await self.services.registry.get(self.caller, name))
 
 
 routes = [

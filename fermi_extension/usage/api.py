@@ -39,7 +39,7 @@ class UsageHandler(CSVMixin, APIHandler):
                query={"user": "admins: one user", "month": "YYYY-MM", "kind": "job|replica|server",
                       "format": "json (default) or csv"})
     def get(self):
-        report = self.settings["usage"].report(
+        report = self.services.usage.report(
             self.caller, user=self.get_query_argument("user", None),
             month=self.get_query_argument("month", None), kind=self.get_query_argument("kind", None))
         self.send_maybe_csv(report, report.rows, "fermi-usage.csv")
@@ -52,7 +52,7 @@ class AuditHandler(CSVMixin, APIHandler):
                       "action": "submit|cancel|deploy|update|…", "before_id": "paging",
                       "limit": "1–1000, default 100", "format": "json (default) or csv"})
     def get(self):
-        page = self.settings["usage"].audit(
+        page = self.services.usage.audit(
             self.caller, actor=self.get_query_argument("actor", None),
             target_kind=self.get_query_argument("target_kind", None),
             action=self.get_query_argument("action", None),
@@ -66,7 +66,7 @@ class UsagePreviewHandler(APIHandler):
                query={"profile": "profile slug (required)", "hours": "hours, default 1",
                       "replicas": "copies (deployment replicas), default 1"})
     def get(self):
-        self.send(preview(self.settings["catalog"].catalog(), self.caller,
+        self.send(preview(self.services.catalog.catalog(), self.caller,
                           self.get_query_argument("profile", None),
                           self.get_query_argument("hours", None),
                           self.get_query_argument("replicas", None)))
@@ -83,9 +83,9 @@ class UsageTotalsHandler(CSVMixin, APIHandler):
         groups = None
         if by == "group" and self.caller.admin:
             # a bill is read rarely and must be right: groups as the hub has them now
-            view = await self.settings["monitor"].hub.view(max_age=0)
+            view = await self.services.hub.view(max_age=0)
             groups = view.groups if view.reachable else None
-        report = self.settings["usage"].totals(self.caller, by=by, month=month, groups=groups)
+        report = self.services.usage.totals(self.caller, by=by, month=month, groups=groups)
         if by == "group" and self.caller.admin and groups is None:
             for row in report.rows:  # without the hub, only the admin's own groups are known
                 if row.key == "(no group)":
@@ -99,7 +99,7 @@ class UsageWasteHandler(CSVMixin, APIHandler):
                "what to do (admins: everyone's)", response=WasteReport,
                query={"format": "json (default) or csv"})
     async def get(self):
-        report = analyse(await self.settings["monitor"].snapshot(), self.caller)
+        report = analyse(await self.services.monitor.snapshot(), self.caller)
         self.send_maybe_csv(report, report.items, "fermi-waste.csv")
 
 

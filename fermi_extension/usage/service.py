@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from ..caller import Caller
+from ..catalog.access import offered_profiles
 from ..catalog.schema import Catalog
 from ..db import AuditEvent, UsageRecord
 from ..errors import InvalidInput, NotFound
@@ -44,6 +45,21 @@ def next_month(when: dt.datetime) -> dt.datetime:
     start = month_start(when)
     return start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(
         month=start.month + 1)
+
+
+def usage_record(user: str, kind: str, ref: str, runtime: dict, started: dt.datetime,
+                 ended: dt.datetime) -> UsageRecord:
+    """The billing row of one run that ended: a job attempt, a replica, a dev server (``kind``
+    in ``KINDS``). ``runtime`` is what the run ran on, as its ``RuntimeSpec`` JSON (``profile``,
+    ``gpu``, ``price_per_hour``): the price it started at, not today's catalogue price."""
+    if kind not in KINDS:
+        raise ValueError(f"usage kind {kind!r} is not one of {', '.join(KINDS)}")
+    # a clock stepped back between start and end must not make a negative bill
+    seconds = max((ended - started).total_seconds(), 0.0)
+    price = float(runtime.get("price_per_hour") or 0.0)
+    return UsageRecord(user=user, kind=kind, ref=ref, profile=runtime["profile"],
+                       gpus=int(runtime.get("gpu") or 0), started_at=started, ended_at=ended,
+                       seconds=seconds, price_per_hour=price, cost=seconds / 3600 * price)
 
 
 def month_slices(start: dt.datetime, end: dt.datetime) -> list[tuple[str, float]]:
@@ -135,8 +151,7 @@ def preview(catalog: Catalog, caller: Caller, profile: str | None, hours: str | 
             replicas: str | None) -> CostPreview:
     """What a dev environment, job or deployment on ``profile`` costs for ``hours`` with
     ``replicas`` copies: before spawning, submitting or deploying."""
-    offered = [p for p in catalog.profiles
-               if caller.admin or not p.allowed_groups or set(p.allowed_groups) & set(caller.groups)]
+    offered = offered_profiles(catalog, caller)
     if not profile:
         raise InvalidInput("Give the profile to price: ?profile=SLUG (one of "
                            f"{', '.join(p.slug for p in offered)}).")

@@ -9,23 +9,23 @@ from ..control_plane.base import APIHandler, operation
 class WorkflowsHandler(APIHandler):
     @operation("Your workflows with their latest runs (admins: all)", response=WorkflowList)
     def get(self):
-        self.send(self.settings["workflows"].list(self.caller))
+        self.send(self.services.workflows.list(self.caller))
 
     @operation("Declare a workflow: job steps and promote steps, run in order; each job step is "
                "checked as a submission", request=CreateWorkflow, response=DescribeWorkflow,
                status=201)
     def post(self):
-        self.send(self.settings["workflows"].create(self.caller, self.parse(CreateWorkflow)), 201)
+        self.send(self.services.workflows.create(self.caller, self.parse(CreateWorkflow)), 201)
 
 
 class WorkflowHandler(APIHandler):
     @operation("A workflow, its steps and its runs with each step's status", response=DescribeWorkflow)
     def get(self, workflow_id: str):
-        self.send(self.settings["workflows"].get(self.caller, workflow_id))
+        self.send(self.services.workflows.get(self.caller, workflow_id))
 
     @operation("Delete a workflow and its run history (jobs and deployments stay)", status=204)
     def delete(self, workflow_id: str):
-        self.settings["workflows"].delete(self.caller, workflow_id)
+        self.services.workflows.delete(self.caller, workflow_id)
         self.set_status(204)
         self.finish()
 
@@ -33,7 +33,7 @@ class WorkflowHandler(APIHandler):
 class WorkflowRunsHandler(APIHandler):
     @operation("Start a run of the workflow", response=DescribeRun, status=201)
     def post(self, workflow_id: str):
-        self.send(self.settings["workflows"].start_run(self.caller, workflow_id), 201)
+        self.send(self.services.workflows.start_run(self.caller, workflow_id), 201)
 
 
 routes = [

@@ -28,8 +28,9 @@ from fermi_extension.datasets.service import (
     dataset_claims_from_env,
     dataset_roots_from_env,
 )
-from fermi_extension.db import UsageRecord, make_session_factory, platform_db_url_from_env, utcnow
+from fermi_extension.db import make_session_factory, platform_db_url_from_env, utcnow
 from fermi_extension.errors import FermiError
+from fermi_extension.usage.service import usage_record
 
 from .options import (
     ImageView,
@@ -316,18 +317,11 @@ class FermiSpawnerMixin(LoggingConfigurable):
         except Exception:
             self.log.exception("Could not release the devices of %s", self._log_name)
         try:
-            started = dt.datetime.fromisoformat(run["started_at"])
-            ended = utcnow()
-            seconds = max((ended - started).total_seconds(), 0.0)
-            price = float(run.get("price_per_hour") or 0.0)
+            record = usage_record(self.user.name, "server", f"{self.user.name}/{self.name}", run,
+                                  dt.datetime.fromisoformat(run["started_at"]), utcnow())
             with self.platform_sessions()() as session:
-                session.add(UsageRecord(
-                    user=self.user.name, kind="server", ref=f"{self.user.name}/{self.name}",
-                    profile=run["profile"], gpus=int(run.get("gpu") or 0), started_at=started,
-                    ended_at=ended, seconds=seconds, price_per_hour=price,
-                    cost=seconds / 3600 * price,
-                ))
+                session.add(record)
                 session.commit()
-            self.log.info("%s ran %.0f s on %s", self._log_name, seconds, run["profile"])
+            self.log.info("%s ran %.0f s on %s", self._log_name, record.seconds, run["profile"])
         except Exception:  # billing must never break a stop
             self.log.exception("Could not record the usage of %s", self._log_name)

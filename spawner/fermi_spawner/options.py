@@ -29,6 +29,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from fermi_extension.caller import Caller
+from fermi_extension.catalog import access
 from fermi_extension.catalog.schema import Catalog, Image, Profile, gpus
 from fermi_extension.spec import RuntimeSpec, runtime_spec
 
@@ -66,23 +68,18 @@ class Resolved:
         return options
 
 
-def allowed(profile: Profile, groups: set[str], admin: bool) -> bool:
-    return admin or not profile.allowed_groups or bool(set(profile.allowed_groups) & groups)
+def who(groups: set[str] | frozenset[str], admin: bool) -> Caller:
+    return Caller("(spawner)", admin=admin, groups=tuple(sorted(groups)))
 
 
 def offered_profiles(catalog: Catalog, groups: set[str], admin: bool) -> list[Profile]:
-    """The profiles this user may choose (group restrictions applied), in catalogue order."""
-    return [p for p in catalog.profiles if allowed(p, groups, admin)]
+    """The profiles this user may choose: the catalogue's one rule (``catalog/access.py``)."""
+    return access.offered_profiles(catalog, who(groups, admin))
 
 
 def offered_images(catalog: Catalog) -> list[Image]:
-    """Images users may choose: not hidden, featured first, then catalogue order."""
-    shown = [i for i in catalog.images if not i.hidden]
-    return sorted(shown, key=lambda i: not i.featured)
-
-
-def _choices(slugs: list[str]) -> str:
-    return ", ".join(slugs) if slugs else "(none)"
+    """Images users may choose (``catalog/access.py``): not hidden, featured first."""
+    return access.runnable_images(catalog)
 
 
 def _string(options: dict, key: str) -> str | None:
@@ -116,12 +113,9 @@ def resolve(catalog: Catalog, options: Any, *, groups: set[str] | frozenset[str]
 
     # -- profile ---------------------------------------------------------------------------------
     mine = offered_profiles(catalog, groups, admin)
-    if not mine:
-        raise Refused(403, "No profile of the catalogue is offered to you (each is reserved for "
-                           "groups you are not in); ask an admin to add you to a group.")
-    default_profile = catalog.default_profile()
-    if default_profile not in mine:
-        default_profile = mine[0]
+    default_profile = access.default_profile(catalog, mine)
+    if default_profile is None:
+        raise Refused(403, access.nothing_offered())
     profiles = {p.slug: p for p in catalog.profiles}
     wanted = _string(options, "profile")
     if wanted is None:
@@ -129,16 +123,13 @@ def resolve(catalog: Catalog, options: Any, *, groups: set[str] | frozenset[str]
     elif wanted not in profiles:
         if requested:
             raise Refused(400, f"Unknown profile {wanted!r}; choose one of: "
-                               f"{_choices([p.slug for p in mine])}.")
+                               f"{access.choices([p.slug for p in mine])}.")
         notices.append(f"Your saved profile {wanted!r} is no longer offered: starting on the "
                        f"default profile {default_profile.slug!r} ({default_profile.name}) "
                        "instead.")
         profile = default_profile
     elif profiles[wanted] not in mine:
-        reserved = ", ".join(profiles[wanted].allowed_groups)
-        message = (f"Profile {wanted!r} is reserved for members of the group(s) {reserved}, and "
-                   "you are not one. Ask an admin to add you, or choose one of: "
-                   f"{_choices([p.slug for p in mine])}.")
+        message = access.reserved(profiles[wanted], mine)
         if requested:
             raise Refused(403, message)
         notices.append(f"{message} Starting on {default_profile.slug!r} instead.")
@@ -161,14 +152,14 @@ def resolve(catalog: Catalog, options: Any, *, groups: set[str] | frozenset[str]
     image_fell_back = False
     if wanted_image is None:
         image = default_image
-    elif wanted_image not in images or images[wanted_image].hidden:
+    elif images.get(wanted_image) not in shown:
         known = images.get(wanted_image)
         why = (f"is no longer offered: {known.redirect_message.rstrip('. ')}"
                if known is not None and known.redirect_message else
                "is no longer offered" if known is not None else "is not in the catalogue")
         if requested:
             raise Refused(400, f"Image {wanted_image!r} {why}. Choose one of: "
-                               f"{_choices([i.slug for i in runnable])}.")
+                               f"{access.choices([i.slug for i in runnable])}.")
         notices.append(f"Your saved image {wanted_image!r} {why}: starting with "
                        f"{default_image.slug!r} ({default_image.name}) instead.")
         image, image_fell_back = default_image, True
@@ -191,7 +182,7 @@ def resolve(catalog: Catalog, options: Any, *, groups: set[str] | frozenset[str]
     elif wanted_version is not None:
         if requested:
             raise Refused(400, f"Image {image.slug!r} has no version {wanted_version!r}; choose "
-                               f"one of: {_choices(tags)}.")
+                               f"one of: {access.choices(tags)}.")
         notices.append(f"Your saved version {wanted_version!r} of image {image.slug!r} is no "
                        f"longer offered: starting with {version!r} instead.")
 

@@ -94,8 +94,10 @@ async def test_a_restarted_control_plane_reattaches_to_its_kubernetes_job(kube, 
     kube.release(plane.jobs.files(job_id))
     done = await plane.until(job_id, lambda j: j.status == "succeeded")
     assert done.handle_name is None and done.attempt == 1
-    assert plane.jobs.output(Caller("ann"), job_id)
-    assert plane.jobs.logs(Caller("ann"), job_id).text
+    # what the pod wrote and logged, collected by the control plane that reattached
+    files = plane.jobs.files(job_id)
+    assert plane.jobs.output(Caller("ann"), job_id) == (files.root / "input.ipynb").read_bytes()
+    assert "Ending Cell 2" in plane.jobs.logs(Caller("ann"), job_id).text
     await plane.die()
 
 
@@ -103,7 +105,7 @@ async def test_cancel_deletes_the_job_and_an_evicted_attempt_is_retried(kube, tm
     plane = await ControlPlane(kube, factory_for(tmp_path)).start()
     cancelled = submit(plane, WAITS)
     job = await plane.until(cancelled, lambda j: j.status == "running" and j.handle_name)
-    described, handle = plane.jobs.cancel(Caller("ann"), cancelled)
+    described, handle = plane.jobs.record_cancel(Caller("ann"), cancelled)
     await plane.runner.kill(handle)
     assert described.status == "cancelled" and handle.name == job.handle_name
     assert kube.cluster.requests("DELETE", handle.name)

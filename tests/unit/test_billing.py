@@ -154,7 +154,8 @@ def run_job(factory, clock: Clock, tmp_path: Path):
         assert (done.status, done.attempt) == ("succeeded", 2)
 
 
-def run_deployment(factory, clock: Clock, tmp_path: Path):
+def wine_controller(factory, tmp_path: Path, max_replicas: int = 3):
+    """ann's deployment "wine" on cpu-large, declared, and a controller with real bookkeeping."""
     (tmp_path / "models" / "wine" / "1").mkdir(parents=True)
     (tmp_path / "models" / "wine" / "1" / "MLmodel").write_text("flavors: {}\n")
     catalog = CatalogStore(factory)
@@ -163,13 +164,17 @@ def run_deployment(factory, clock: Clock, tmp_path: Path):
         session.add(Deployment(
             name="wine", owner="ann", model="wine", engine="sklearn", profile="cpu-large",
             runtime=runtime_spec(image, profile).model_dump(mode="json"), min_replicas=1,
-            max_replicas=3, target_concurrency=5, scale_down_delay_seconds=0, desired_replicas=1,
-            stable_revision="r1", key_hash="x"))
+            max_replicas=max_replicas, target_concurrency=5, scale_down_delay_seconds=0,
+            desired_replicas=1, stable_revision="r1", key_hash="x"))
         session.add(Revision(deployment="wine", name="r1", version="1"))
         session.commit()
     service = SimpleNamespace(traffic={})
-    controller = deployments_service.DeploymentController(
+    return deployments_service.DeploymentController(
         factory, service, Serving(tmp_path / "models"), tracker=None)
+
+
+def run_deployment(factory, clock: Clock, tmp_path: Path):
+    controller = wine_controller(factory, tmp_path)
 
     def bounds(low: int) -> None:
         with factory() as session:

@@ -194,7 +194,7 @@ def test_another_users_job_is_not_found_everywhere(service, session_factory):
     with pytest.raises(NotFound):
         service.output(BOB, job.id)
     with pytest.raises(NotFound):
-        service.cancel(BOB, job.id)
+        service.record_cancel(BOB, job.id)
     set_status(session_factory, job.id, "failed")
     with pytest.raises(NotFound):
         service.retry(BOB, job.id)
@@ -209,7 +209,7 @@ def test_missing_job_is_not_found(service):
 def test_admin_sees_and_cancels_anyones_job(service):
     job = service.submit(ALICE, request())
     assert service.get(ADMIN, job.id).owner == "alice"
-    described, _ = service.cancel(ADMIN, job.id)
+    described, _ = service.record_cancel(ADMIN, job.id)
     assert described.status == "cancelled"
     assert "root" in described.reason
 
@@ -263,7 +263,7 @@ def test_list_is_paginated_with_a_total(service):
 def test_list_filters_by_status(service):
     kept = service.submit(ALICE, request())
     cancelled = service.submit(ALICE, request())
-    service.cancel(ALICE, cancelled.id)
+    service.record_cancel(ALICE, cancelled.id)
     jobs, total = service.list(ALICE, status="cancelled")
     assert (total, [j.id for j in jobs]) == (1, [cancelled.id])
     jobs, total = service.list(ALICE, status="queued")
@@ -289,7 +289,7 @@ def test_out_of_range_paging_is_invalid_input(service, limit, offset):
 
 def test_cancel_a_queued_job(service, session_factory, wakes):
     job = service.submit(ALICE, request())
-    described, handle = service.cancel(ALICE, job.id)
+    described, handle = service.record_cancel(ALICE, job.id)
     assert described.status == "cancelled"
     assert described.finished_at is not None
     assert handle is None  # nothing runs yet, so there is nothing to stop
@@ -306,16 +306,16 @@ def test_cancel_a_running_job_returns_its_attempt_to_stop(service, session_facto
         row = session.get(Job, job.id)
         row.status, row.pid, row.pid_started = "running", 4242, 123.5
         session.commit()
-    described, handle = service.cancel(ALICE, job.id)
+    described, handle = service.record_cancel(ALICE, job.id)
     assert described.status == "cancelled"
     assert (handle.pid, handle.started) == (4242, 123.5)
 
 
 def test_cancel_twice_is_a_conflict(service):
     job = service.submit(ALICE, request())
-    service.cancel(ALICE, job.id)
+    service.record_cancel(ALICE, job.id)
     with pytest.raises(Conflict) as caught:
-        service.cancel(ALICE, job.id)
+        service.record_cancel(ALICE, job.id)
     assert http_status(caught.value) == 409
     assert "cancelled" in caught.value.message
 

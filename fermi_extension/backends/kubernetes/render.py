@@ -8,11 +8,12 @@ from pathlib import Path
 
 import yaml
 
+from ...catalog.access import PLATFORM, choose_image, choose_profile
 from ...catalog.schema import Catalog
 from ...catalog.store import load_catalog_file
 from ...errors import InvalidInput
-from ...jobs.notebook import load_notebook
-from ...jobs.parameters import check_parameters, detect_parameters
+from ...jobs.models import CreateJob
+from ...jobs.service import check_submission
 from ...paths import shipped
 from ...spec import runtime_spec
 from .objects import Cluster, ServingRevision, make_inference_service, make_job, make_serving_objects
@@ -22,25 +23,14 @@ def catalog_from(path: str | None) -> Catalog:
     return load_catalog_file(path or shipped("hub_config") / "catalog.yaml")
 
 
-def _choose(catalog: Catalog, image: str | None, profile: str | None):
-    images = {i.slug: i for i in catalog.images}
-    profiles = {p.slug: p for p in catalog.profiles}
-    if image is not None and image not in images:
-        raise InvalidInput(f"Unknown image {image!r}; choose one of: {', '.join(images)}.")
-    if profile is not None and profile not in profiles:
-        raise InvalidInput(f"Unknown profile {profile!r}; choose one of: {', '.join(profiles)}.")
-    return (images[image] if image else catalog.default_image(),
-            profiles[profile] if profile else catalog.default_profile())
-
-
 def render_job(notebook_path: Path, parameters: dict, *, catalog: Catalog, image: str | None,
                profile: str | None, owner: str = "you", nodes: int = 1,
                timeout_seconds: int | None = None, cluster: Cluster | None = None) -> list[dict]:
-    notebook = load_notebook(notebook_path.read_text())
-    check_parameters(detect_parameters(notebook), parameters)
-    chosen_image, chosen_profile = _choose(catalog, image, profile)
-    runtime = runtime_spec(chosen_image, chosen_profile)
-    return make_job("dry-run", owner, runtime, cluster or Cluster(), parameters=parameters,
+    # the submission's own checks (jobs.service.check_submission), stopped before the platform
+    ready = check_submission(catalog, PLATFORM, CreateJob(
+        notebook=notebook_path.read_text(), parameters=parameters, image=image, profile=profile,
+        nodes=nodes, timeout_seconds=timeout_seconds))
+    return make_job("dry-run", owner, ready.spec, cluster or Cluster(), parameters=ready.parameters,
                     timeout_seconds=timeout_seconds, nodes=nodes)
 
 
@@ -48,7 +38,8 @@ def render_deployment(model: str, version: str, *, catalog: Catalog, name: str,
                       profile: str | None, engine: str = "auto", min_replicas: int = 1,
                       max_replicas: int = 1, target_concurrency: float = 4, kserve: bool = False,
                       owner: str = "you", cluster: Cluster | None = None) -> list[dict]:
-    chosen_image, chosen_profile = _choose(catalog, None, profile)
+    chosen_image, chosen_profile = choose_image(catalog, None), choose_profile(catalog, PLATFORM,
+                                                                               profile)
     if engine == "vllm" and not chosen_profile.gpu:
         raise InvalidInput(
             f"The vllm engine needs a GPU profile; {chosen_profile.slug!r} has no GPU.")
