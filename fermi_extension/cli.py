@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+from .i18n import translate as _
 
 ENDED = ("succeeded", "failed", "cancelled")
 
@@ -16,6 +19,31 @@ def cmd_up(args) -> int:
 
     return Platform(args.port, args.ip, args.data_dir, args.public_url, args.log_to_terminal,
                     serving_port=args.serving_port).run()
+
+
+def cmd_db_upgrade(args) -> int:
+    import logging
+    from pathlib import Path
+
+    from .db import current_revision, make_engine, platform_db_url, upgrade_if_needed
+
+    url = args.db_url or platform_db_url(args.data_dir)
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        print(f"Error: there is no platform database at {url[len('sqlite:///'):]}; give the data "
+              "dir with --data-dir, or the database with --db-url.", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-connection chatter
+    try:
+        upgraded = upgrade_if_needed(url)
+    except RuntimeError as error:  # a revision that cannot apply says why
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
+    with make_engine(url).connect() as connection:
+        revision = current_revision(connection)
+    print(f"The platform database is {'now ' if upgraded else ''}at schema revision {revision}"
+          f"{'' if upgraded else ', already up to date'}.")
+    return 0
 
 
 def _client(args):
@@ -49,7 +77,7 @@ def cmd_jobs_submit(args) -> int:
 
     path = Path(args.notebook)
     if not path.is_file():
-        print(f"No such notebook: {path}", file=sys.stderr)
+        print(_("No such notebook: {path}").format(path=path), file=sys.stderr)
         return 2
     try:
         notebook = json.loads(path.read_text())
@@ -70,7 +98,8 @@ def cmd_jobs_submit(args) -> int:
             "priority": args.priority, "timeout_seconds": args.timeout}
     client = _client(args)
     job = client.post("jobs", {k: v for k, v in body.items() if v is not None})
-    print(f"Submitted job {job['id']} ({job['name']}): {job['status']}")
+    print(_("Submitted job {id} ({name}): {status}").format(id=job["id"], name=job["name"],
+                                                             status=_(job["status"])))
     if not args.wait:
         return 0
     return _follow(client, job["id"], show_logs=args.logs)
@@ -96,7 +125,7 @@ def _follow(client, job_id: str, show_logs: bool) -> int:
 def cmd_jobs_list(args) -> int:
     result = _client(args).get("jobs", status=args.status, limit=args.limit, owner=args.owner)
     if not result["jobs"]:
-        print("No jobs yet. Submit one: fermi jobs submit NOTEBOOK.ipynb [-p NAME VALUE]")
+        print(_("No jobs yet. Submit one: fermi jobs submit NOTEBOOK.ipynb [-p NAME VALUE]"))
         return 0
     for job in result["jobs"]:
         print(f"{job['id']}  {job['status']:<9}  {job['name']:<30}  {job['owner']:<12} {job['created_at']}")
@@ -124,7 +153,7 @@ def cmd_jobs_logs(args) -> int:
 
 def cmd_jobs_cancel(args) -> int:
     job = _client(args).post(f"jobs/{args.job_id}/cancel")
-    print(f"Job {job['id']}: {job['status']}")
+    print(_("Job {id}: {status}").format(id=job["id"], status=_(job["status"])))
     return 0
 
 
@@ -135,9 +164,17 @@ def cmd_jobs_retry(args) -> int:
 
 
 def cmd_jobs_output(args) -> int:
+    target = Path(args.output or "output.ipynb")
+    # an explicit -o PATH or --force is the user's say-so; the default name is not
+    if target.exists() and not (args.output or args.force):
+        question = _("{path} exists. Overwrite it? [y/N] ").format(path=target)
+        if not (sys.stdin.isatty() and input(question).strip().lower() in ("y", "yes")):
+            print(_("Not written: {path} exists. Pass --force to overwrite it, or -o PATH to "
+                    "write elsewhere.").format(path=target), file=sys.stderr)
+            return 2
     body = _client(args).request("GET", f"jobs/{args.job_id}/output").content
-    Path(args.output).write_bytes(body)
-    print(f"Wrote {args.output}")
+    target.write_bytes(body)
+    print(_("Wrote {path}").format(path=target))
     return 0
 
 
@@ -199,8 +236,8 @@ def cmd_catalog_import(args) -> int:
 def cmd_models_list(args) -> int:
     models = _client(args).get("models")["models"]
     if not models:
-        print("No models yet. A training job registers one with "
-              "mlflow.sklearn.log_model(..., registered_model_name=NAME).")
+        print(_("No models yet. A training job registers one with "
+                "mlflow.sklearn.log_model(..., registered_model_name=NAME)."))
     for model in models:
         shared = f"  shared with {', '.join(model['groups'])}" if model["groups"] else ""
         print(f"{model['name']:<30} latest v{model['latest_version']}  ({model['owner']}){shared}")
@@ -235,7 +272,7 @@ def _print_deployment(d: dict) -> None:
     if d.get("reason"):
         print(f"  reason: {d['reason']}")
     if d.get("api_key"):
-        print(f"  API key (shown once): {d['api_key']}")
+        print(f"  {_('API key (shown once)')}: {d['api_key']}")
         print(f"  try: curl -H 'Authorization: Bearer {d['api_key']}' {d['url']}/v2/models/{d['model']}")
 
 
@@ -317,7 +354,10 @@ def cmd_deployments_delete(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     top = argparse.ArgumentParser(prog="fermi", description="Fermi (费米集群): a Jupyter-native AI platform")
+    top.add_argument("--version", action="version", version=f"fermi {__version__}")
     top.add_argument("--url", help="hub URL (default: $FERMI_URL or http://127.0.0.1:8000)")
     sub = top.add_subparsers(dest="command", required=True)
 
@@ -330,6 +370,15 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--public-url", help="URL users reach the hub at, if not http://IP:PORT")
     up.add_argument("--log-to-terminal", action="store_true", help="show the hub's log here")
     up.set_defaults(func=cmd_up)
+
+    db = sub.add_parser("db", help="the platform database").add_subparsers(dest="action", required=True)
+    upgrade = db.add_parser("upgrade", help="bring the platform database to this version's schema "
+                            "(a SQLite file is copied aside first; back up PostgreSQL yourself)")
+    upgrade.add_argument("--data-dir", default="fermi-data",
+                         help="the data dir of `fermi up` (default ./fermi-data)")
+    upgrade.add_argument("--db-url", help="the database's SQLAlchemy URL (default: $FERMI_DB_URL, "
+                         "else fermi.sqlite in the data dir)")
+    upgrade.set_defaults(func=cmd_db_upgrade)
 
     jobs = sub.add_parser("jobs", help="training jobs").add_subparsers(dest="action", required=True)
     submit = jobs.add_parser("submit", help="run a notebook as a training job")
@@ -364,7 +413,11 @@ def parser() -> argparse.ArgumentParser:
         if name == "logs":
             action.add_argument("-f", "--follow", action="store_true")
         if name == "output":
-            action.add_argument("-o", "--output", default="output.ipynb")
+            action.add_argument("-o", "--output", metavar="PATH",
+                                help="where to write it (default: ./output.ipynb, never "
+                                     "overwritten without --force or a yes on a terminal)")
+            action.add_argument("-f", "--force", action="store_true",
+                                help="overwrite ./output.ipynb if it exists")
 
     models = sub.add_parser("models", help="the model repository").add_subparsers(dest="action", required=True)
     models.add_parser("list", help="models you can see").set_defaults(func=cmd_models_list)
@@ -450,10 +503,17 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import FermiError
 
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a pipe's reader that left is found here, not after main returns
+        return status
     except (APIError, FermiError) as error:
         print(f"Error: {error.message}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # the reader left (`fermi jobs show ID | head`): stop quietly, as Unix tools do; stdout
+        # goes to /dev/null so that the flush at exit does not fail a second time
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: what a shell reports for a command a pipe ended
 
 
 if __name__ == "__main__":

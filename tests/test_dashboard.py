@@ -6,12 +6,21 @@ GPUs with links to the audit log)."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 
 import httpx
 import pytest
 
 pytestmark = pytest.mark.hub
+
+CJK = re.compile(r"[\u4e00-\u9fff]")
+SWITCH = re.compile(r'<nav class="lang".*?</nav>', re.S)
+
+
+def chinese_in(text: str):
+    """Chinese in a page outside the language switch (whose "中文" names the other language)."""
+    return CJK.search(SWITCH.sub("", text))
 
 
 def dashboard(user) -> dict:
@@ -42,10 +51,11 @@ def test_a_new_user_sees_quick_create_entries_and_clear_empty_states(platform, b
     for link in ('href="/hub/spawn"', 'href="/hub/user-redirect/lab"',
                  'href="/services/fermi/api/models"', "fermi jobs submit", "fermi deploy"):
         assert link in text, link
-    for empty in ("No running dev environment", "当前没有运行中的开发环境", "No training job yet",
+    for empty in ("No running dev environment", "No training job yet",
                   "No inference service", "Nothing wasted right now"):
         assert empty in text, empty
-    assert "仪表盘" in text and "计费管理" in text and "Platform (admin)" not in text
+    assert "Dashboard" in text and "Billing" in text and "Platform (admin)" not in text
+    assert not chinese_in(text), chinese_in(text)  # one language at a time: English by default
     board = dashboard(bob)
     assert [q["module"] for q in board["quick_create"]] == [
         "dev-environment", "training-job", "inference-service"]
@@ -150,3 +160,41 @@ def test_running_dev_environments_come_from_the_hub(servers_platform):
         assert user.api("GET", "usage/waste").json()["items"] == []
     finally:
         user.http.delete(f"/hub/api/users/{user.name}/server")
+
+
+def test_pages_speak_one_language_chosen_by_the_switch_then_the_browser(platform, bob, admin):
+    """English by default and for Accept-Language en; Chinese only for zh-CN or after the switch
+    (remembered); the switch on every page, the 403 page included."""
+    pages = ["/services/fermi/", "/services/fermi/images", "/services/fermi/audit",
+             "/services/fermi/guide"]
+    with httpx.Client(base_url=platform.url, timeout=60,
+                      headers={"Authorization": f"token {bob.token}"}) as browser:
+        for path in pages + ["/services/fermi/alerts", "/services/fermi/admin/catalog"]:
+            for accept in (None, "en-GB,en;q=0.9", "fr-FR,de;q=0.8"):
+                headers = {"Accept-Language": accept} if accept else {}
+                text = browser.get(path, headers=headers).text
+                assert 'lang="en"' in text and not chinese_in(text), (path, accept, chinese_in(text))
+                # the switch: this page in each language
+                assert '?lang=zh_CN"' in text and '?lang=en"' in text and ">中文</a>" in text, path
+            chinese = browser.get(path, headers={"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.8"})
+            assert 'lang="zh-CN"' in chinese.text, path
+            assert chinese.headers["content-language"] == "zh-CN"
+        board = browser.get("/services/fermi/", headers={"Accept-Language": "zh-CN"}).text
+        assert "仪表盘" in board and "计费管理" in board and "我的训练任务" in board
+        assert "My training jobs" not in board and "Billing" not in board
+        forbidden = browser.get("/services/fermi/alerts", headers={"Accept-Language": "zh-CN"})
+        assert forbidden.status_code == 403 and "仅限管理员" in forbidden.text
+        assert "admins only" not in forbidden.text
+
+        # the switch wins over the browser, and is remembered for every page
+        switched = browser.get("/services/fermi/images?lang=zh_CN",
+                               headers={"Accept-Language": "en"})
+        assert "镜像管理" in switched.text and "Start a dev environment" not in switched.text
+        for path in pages:
+            text = browser.get(path, headers={"Accept-Language": "en"}).text
+            assert 'lang="zh-CN"' in text and 'aria-current="true">中文' in text, path
+        back = browser.get("/services/fermi/?lang=en", headers={"Accept-Language": "zh-CN"})
+        assert 'lang="en"' in back.text and not chinese_in(back.text)
+        # other arguments survive the switch (the audit page's filters)
+        audit = browser.get("/services/fermi/audit?action=create").text
+        assert "?action=create&amp;lang=zh_CN" in audit

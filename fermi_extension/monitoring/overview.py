@@ -18,6 +18,7 @@ from sqlalchemy import select
 from ..caller import Caller
 from ..db import UsageRecord
 from ..usage.service import UsageService, cents, month_start
+from ..i18n import N_, translations
 from .state import Snapshot
 
 FAILING_DAYS = 7
@@ -164,26 +165,26 @@ def templates() -> list[TemplateOut]:
 
 
 def quick_create(prefix: str) -> list[QuickCreate]:
-    return [
-        QuickCreate(
-            module="dev-environment", title="Dev environment", title_zh="开发环境",
-            description="Interactive JupyterLab, terminal and TensorBoard; billed by run time.",
-            description_zh="交互式 JupyterLab、终端与 TensorBoard；按运行时间计费。",
-            href="/hub/spawn", link_text="Start a server / 创建实例", cli=None),
-        QuickCreate(
-            module="training-job", title="Training job", title_zh="训练任务",
-            description="Run a notebook as a batch job: queued, tracked, resources freed at the "
-                        "end. From the lab: Submit as training job.",
-            description_zh="把 notebook 作为批处理任务运行：自动排队、实验追踪、完成后释放资源。",
-            href="/hub/user-redirect/lab", link_text="Open the lab / 打开 JupyterLab",
-            cli="fermi jobs submit train.ipynb -p C 0.5 --profile cpu-small --wait"),
-        QuickCreate(
-            module="inference-service", title="Inference service", title_zh="推理服务",
-            description="Deploy a registered model version as an autoscaled API.",
-            description_zh="将模型仓库中的模型版本部署为自动扩缩容的在线 API。",
-            href=f"{prefix}api/models", link_text="Models / 模型仓库",
-            cli="fermi deploy MODEL --version 1 --min 1 --max 3 --wait"),
+    # English msgids of the one catalogue; the page shows them in the reader's language, the
+    # API carries both (``*_zh`` from the same catalogue)
+    zh = translations("zh_CN").gettext
+    entries = [
+        ("dev-environment", N_("Dev environment"),
+         N_("Interactive JupyterLab, terminal and TensorBoard; billed by run time."),
+         "/hub/spawn", N_("Start a server"), None),
+        ("training-job", N_("Training job"),
+         N_("Run a notebook as a batch job: queued, tracked, resources freed at the end. From "
+            "the lab: Submit as training job."),
+         "/hub/user-redirect/lab", N_("Open the lab"),
+         "fermi jobs submit train.ipynb -p C 0.5 --profile cpu-small --wait"),
+        ("inference-service", N_("Inference service"),
+         N_("Deploy a registered model version as an autoscaled API."),
+         f"{prefix}api/models", N_("Models"),
+         "fermi deploy MODEL --version 1 --min 1 --max 3 --wait"),
     ]
+    return [QuickCreate(module=module, title=title, title_zh=zh(title), description=text,
+                        description_zh=zh(text), href=href, link_text=link, cli=cli)
+            for module, title, text, href, link, cli in entries]
 
 
 def job_out(j) -> JobOut:

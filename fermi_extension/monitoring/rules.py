@@ -24,6 +24,7 @@ from typing import Callable
 import yaml
 from pydantic import BaseModel, Field
 
+from ..i18n import N_, translations
 from .state import Snapshot
 
 OUTCOMES = ("succeeded", "failed")  # what a failure rate is out of (a cancellation is a choice)
@@ -40,8 +41,7 @@ class Reading:
 class Rule:
     slug: str
     alert: str  # the Prometheus alert name
-    title: str
-    title_zh: str
+    title: str  # a msgid of the one catalogue (fermi_extension/i18n.py)
     expr: str  # PromQL; {threshold}, {window} and {min_count} are filled in from the fields
     threshold: float
     unit: str  # ratio | seconds | flag
@@ -49,9 +49,16 @@ class Rule:
     window_seconds: int | None
     min_count: int
     severity: str
-    action: str
-    action_zh: str
+    action: str  # a msgid too
     measure: Callable[[Snapshot, "Rule"], list[Reading]]
+
+    @property
+    def title_zh(self) -> str:
+        return translations("zh_CN").gettext(self.title)
+
+    @property
+    def action_zh(self) -> str:
+        return translations("zh_CN").gettext(self.action)
 
     def promql(self) -> str:
         return self.expr.format(threshold=f"{self.threshold:g}", min_count=self.min_count,
@@ -119,7 +126,7 @@ def deployment_failing(s: Snapshot, rule: Rule) -> list[Reading]:
 RULES: tuple[Rule, ...] = (
     Rule(
         slug="job-failure-rate", alert="FermiJobFailureRateHigh",
-        title="Training jobs fail often", title_zh="训练任务失败率高",
+        title=N_("Training jobs fail often"),
         expr=('(sum by (pool) (increase(fermi_job_duration_seconds_count{{outcome="failed"}}[{window}]))'
               ' / sum by (pool) (increase(fermi_job_duration_seconds_count{{outcome=~"succeeded|failed"}}[{window}])))'
               ' > {threshold}'
@@ -127,14 +134,13 @@ RULES: tuple[Rule, ...] = (
               ' >= {min_count}'),
         threshold=0.25, unit="ratio", for_seconds=0, window_seconds=3600, min_count=4,
         severity="warning",
-        action="Open the failed jobs' logs (dashboard → failing jobs); a common cause is a broken "
-               "image or a full pool disk.",
-        action_zh="查看失败任务的日志（仪表盘 → 失败的任务）；常见原因是镜像损坏或磁盘已满。",
+        action=N_("Open the failed jobs' logs (dashboard → failing jobs); a common cause is a broken "
+               "image or a full pool disk."),
         measure=job_failure_rate,
     ),
     Rule(
         slug="deployment-error-rate", alert="FermiDeploymentErrorRateHigh",
-        title="An inference service answers errors", title_zh="推理服务错误率高",
+        title=N_("An inference service answers errors"),
         expr=('(sum by (deployment) (increase(fermi_deployment_errors_total[{window}]))'
               ' / sum by (deployment) (increase(fermi_deployment_requests_total[{window}])))'
               ' > {threshold}'
@@ -142,40 +148,36 @@ RULES: tuple[Rule, ...] = (
               ' >= {min_count}'),
         threshold=0.05, unit="ratio", for_seconds=300, window_seconds=300, min_count=20,
         severity="critical",
-        action="Read the deployment's events and replica logs; roll a canary back if it is new.",
-        action_zh="查看该服务的事件与副本日志；若刚发布灰度版本，请回滚。",
+        action=N_("Read the deployment's events and replica logs; roll a canary back if it is new."),
         measure=deployment_error_rate,
     ),
     Rule(
         slug="gpu-idle", alert="FermiGpuHeldIdle",
-        title="GPUs held but unused", title_zh="GPU 已分配但闲置",
+        title=N_("GPUs held but unused"),
         expr="max by (pool, holder, user) (fermi_gpu_holder_idle_seconds) > {threshold}",
         threshold=7200, unit="seconds", for_seconds=600, window_seconds=None, min_count=0,
         severity="warning",
-        action="Ask the user to stop the dev environment (or lower the profile's "
-               "idle_cull_minutes); see cost analysis for what it costs.",
-        action_zh="请用户停止该开发环境（或调低资源规格的 idle_cull_minutes）；费用见成本分析。",
+        action=N_("Ask the user to stop the dev environment (or lower the profile's "
+               "idle_cull_minutes); see cost analysis for what it costs."),
         measure=gpu_idle,
     ),
     Rule(
         slug="queue-stuck", alert="FermiJobQueueStuck",
-        title="Jobs wait in the queue for long", title_zh="任务队列长时间积压",
+        title=N_("Jobs wait in the queue for long"),
         expr="max by (pool) (fermi_queue_oldest_wait_seconds) > {threshold}",
         threshold=1800, unit="seconds", for_seconds=300, window_seconds=None, min_count=0,
         severity="warning",
-        action="Check the pool's running jobs and capacity (max_running_jobs, GPUs); raise the "
-               "capacity or cancel stuck jobs.",
-        action_zh="检查资源池中运行的任务与容量（max_running_jobs、GPU），扩容或取消卡住的任务。",
+        action=N_("Check the pool's running jobs and capacity (max_running_jobs, GPUs); raise the "
+               "capacity or cancel stuck jobs."),
         measure=queue_stuck,
     ),
     Rule(
         slug="deployment-failing", alert="FermiDeploymentFailing",
-        title="An inference service is failing", title_zh="推理服务故障",
+        title=N_("An inference service is failing"),
         expr='max by (deployment) (fermi_deployment_status{{status="failed"}}) > {threshold}',
         threshold=0, unit="flag", for_seconds=300, window_seconds=None, min_count=0,
         severity="critical",
-        action="Its replicas keep exiting before they are ready: read the deployment's events.",
-        action_zh="副本在就绪前反复退出：请查看该服务的事件。",
+        action=N_("Its replicas keep exiting before they are ready: read the deployment's events."),
         measure=deployment_failing,
     ),
 )

@@ -20,6 +20,7 @@ import math
 from pydantic import BaseModel, Field
 
 from ..caller import Caller
+from ..i18n import N_, translations
 from ..monitoring.rules import rule
 from ..monitoring.state import Snapshot
 
@@ -61,11 +62,21 @@ class WasteReport(BaseModel):
     notes: list[str]
 
 
+STOP_SERVER = N_("Stop it when you are done (Hub → Stop My Server); save work first. Run long "
+                 "training as a training job instead.")
+ORPHAN = N_("The next GPU allocation reclaims it once its process is gone; if it stays, an admin "
+            "checks the process of this machine that holds the GPU.")
+
+
 def hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def analyse(snapshot: Snapshot, caller: Caller) -> WasteReport:
+def analyse(snapshot: Snapshot, caller: Caller, language: str = "en") -> WasteReport:
+    """The findings, with ``message`` and ``action`` in ``language`` (the API: English) and
+    ``action_zh`` in Chinese, all from the one catalogue."""
+    _ = translations(language).gettext
+    zh = translations("zh_CN").gettext
     idle_after = rule("gpu-idle").threshold
     mine = (lambda user: True) if caller.admin else (lambda user: user == caller.name)
     items: list[WasteItem] = []
@@ -89,13 +100,12 @@ def analyse(snapshot: Snapshot, caller: Caller) -> WasteReport:
             profile=server.profile, gpus=server.gpus, idle_seconds=idle if known else None,
             cost_at_stake=idle / 3600 * price, cost_per_day=24 * price,
             estimate=server.profile is None,
-            message=(f"Dev environment {name} holds {server.gpus} GPU(s) and has been idle for "
-                     f"{hours(idle)}." if known else
-                     f"Dev environment {name} has held {server.gpus} GPU(s) for {hours(idle)}; "
-                     "its activity is not known to the control plane."),
-            action="Stop it when you are done (Hub → Stop My Server); save work first. Run long "
-                   "training as a training job instead.",
-            action_zh="用完请停止（Hub → 停止服务器），先保存工作；长时间训练请改用训练任务。",
+            message=(_("Dev environment {name} holds {gpus} GPU(s) and has been idle for "
+                       "{idle}.") if known else
+                     _("Dev environment {name} has held {gpus} GPU(s) for {idle}; its activity "
+                       "is not known to the control plane.")).format(
+                name=name, gpus=server.gpus, idle=hours(idle)),
+            action=_(STOP_SERVER), action_zh=zh(STOP_SERVER),
             link="/hub/home"))
 
     for holder in s.holders:
@@ -109,11 +119,9 @@ def analyse(snapshot: Snapshot, caller: Caller) -> WasteReport:
             kind="gpu-orphan", user=holder.user, target=holder.holder, profile=None,
             gpus=holder.gpus, idle_seconds=held, cost_at_stake=held / 3600 * per_gpu * holder.gpus,
             cost_per_day=24 * per_gpu * holder.gpus, estimate=True,
-            message=f"{holder.gpus} GPU(s) are assigned to {holder.holder}, which is not running, "
-                    f"for {hours(held)}.",
-            action="The next GPU allocation reclaims it once its process is gone; if it stays, an "
-                   "admin checks the process of this machine that holds the GPU.",
-            action_zh="进程结束后下次分配 GPU 时会自动回收；若一直存在，请管理员检查占用该 GPU 的进程。"))
+            message=_("{gpus} GPU(s) are assigned to {holder}, which is not running, for "
+                      "{held}.").format(gpus=holder.gpus, holder=holder.holder, held=hours(held)),
+            action=_(ORPHAN), action_zh=zh(ORPHAN)))
 
     window = DEPLOYMENT_WINDOW_SECONDS
     young = []
@@ -133,30 +141,30 @@ def analyse(snapshot: Snapshot, caller: Caller) -> WasteReport:
         idle_share = 1 - utilisation
         cost_window = w.mean_ready_replicas * d.price_per_hour * w.covered_seconds / 3600
         if excess <= 0 and d.min_replicas <= 1:
-            action = ("Nothing is served: stop the service while it is not needed "
-                      f"(fermi deployments stop {d.name}) and start it again later.")
-            action_zh = f"几乎没有请求：不需要时停止服务（fermi deployments stop {d.name}），需要时再启动。"
+            advice = N_("Nothing is served: stop the service while it is not needed "
+                        "(fermi deployments stop {name}) and start it again later.")
             per_day = 24 * d.price_per_hour * w.mean_ready_replicas * idle_share
         else:
-            action = (f"Lower minReplicas to {needed} (fermi deployments scale {d.name} --min "
-                      f"{needed}) or raise target_concurrency; the autoscaler adds replicas "
-                      "when traffic comes.")
-            action_zh = (f"将最少副本降到 {needed}（fermi deployments scale {d.name} --min {needed}）"
-                         "或提高目标并发；流量到来时会自动扩容。")
+            advice = N_("Lower minReplicas to {needed} (fermi deployments scale {name} --min "
+                        "{needed}) or raise target_concurrency; the autoscaler adds replicas "
+                        "when traffic comes.")
             per_day = 24 * d.price_per_hour * excess
         items.append(WasteItem(
             kind="over-provisioned-deployment", user=d.owner, target=d.name, profile=d.profile,
             gpus=d.gpus, utilisation=utilisation, replicas=w.mean_ready_replicas,
             needed_replicas=needed, cost_at_stake=cost_window * idle_share, cost_per_day=per_day,
-            message=(f"Inference service {d.name} averaged {w.mean_in_flight:.2f} requests in "
-                     f"flight over {hours(w.covered_seconds)} for a capacity of {capacity:g} "
-                     f"({d.target_concurrency:g} × {w.mean_ready_replicas:.1f} replicas): "
-                     f"{utilisation:.0%} used."),
-            action=action, action_zh=action_zh))
+            message=_("Inference service {name} averaged {in_flight:.2f} requests in flight "
+                      "over {window} for a capacity of {capacity:g} ({target:g} × {replicas:.1f} "
+                      "replicas): {used:.0%} used.").format(
+                name=d.name, in_flight=w.mean_in_flight, window=hours(w.covered_seconds),
+                capacity=capacity, target=d.target_concurrency, replicas=w.mean_ready_replicas,
+                used=utilisation),
+            action=_(advice).format(name=d.name, needed=needed),
+            action_zh=zh(advice).format(name=d.name, needed=needed)))
     if young:
-        notes.append("Not judged yet (less than "
-                     f"{DEPLOYMENT_MIN_COVERAGE * window / 60:.0f} min of traffic history since the "
-                     f"control plane started): {', '.join(young)}.")
+        notes.append(_("Not judged yet (less than {minutes:.0f} min of traffic history since "
+                       "the control plane started): {names}.").format(
+            minutes=DEPLOYMENT_MIN_COVERAGE * window / 60, names=", ".join(young)))
     if s.servers_note:
         notes.append(s.servers_note)
     items.sort(key=lambda i: -i.cost_per_day)

@@ -69,7 +69,7 @@ function DeployForm(props: IDeployProps): JSX.Element {
       return false;
     }
     if (!isDeploymentName(name)) {
-      setError(t('deploy.nameInvalid', { name }));
+      setError(t('"{name}" is not a valid service name: use lowercase letters, digits and "-" (up to 40, not starting or ending with "-").', { name }));
       return false;
     }
     const settings = parseReplicas(replicas, t);
@@ -95,37 +95,37 @@ function DeployForm(props: IDeployProps): JSX.Element {
 
   return (
     <div className="fermi-form">
-      <div className="fermi-hint">{t('deploy.intro', { model, version })}</div>
+      <div className="fermi-hint">{t('Serves {model} version {version} as an online API (Open Inference Protocol V2), autoscaled between the replica bounds.', { model, version })}</div>
       {catalogProblem && <div className="fermi-notice fermi-warning">{catalogProblem}</div>}
-      <InputField label={t('deploy.name')} field="name" value={name} onChange={setName} />
-      <div className="fermi-hint">{t('deploy.nameHint')}</div>
+      <InputField label={t('Service name')} field="name" value={name} onChange={setName} />
+      <div className="fermi-hint">{t('Lowercase letters, digits and "-", up to 40 characters; it becomes part of the URL.')}</div>
       <div className="fermi-row">
         <SelectField
-          label={t('deploy.engine')}
+          label={t('Engine')}
           field="engine"
           value={engine}
           onChange={v => setEngine(v as Engine)}
-          options={ENGINES.map(e => ({ value: e, label: e === 'auto' ? t('deploy.engineAuto') : e }))}
+          options={ENGINES.map(e => ({ value: e, label: e === 'auto' ? t('auto (from the model)') : e }))}
         />
         <SelectField
-          label={t('submit.profile')}
+          label={t('Profile')}
           field="profile"
           value={profile}
           onChange={setProfile}
           options={profileOptions(profiles, t)}
-          empty={t('common.default')}
+          empty={t('Default')}
         />
       </div>
       <ReplicaFields t={t} value={replicas} onChange={setReplicas} />
       <div className="fermi-cost-estimate">
         {selected
-          ? t('deploy.cost', {
+          ? t('Estimated cost: {price} / h per replica; at least {min} replica(s) keep running.', {
               price: Number(selected.price_per_hour ?? 0).toFixed(2),
               min: replicas.min
             })
           : ''}
       </div>
-      {busy && <div className="fermi-hint">{t('deploy.deploying')}</div>}
+      {busy && <div className="fermi-hint">{t('Deploying…')}</div>}
       <ErrorBox error={error} />
     </div>
   );
@@ -134,8 +134,8 @@ function DeployForm(props: IDeployProps): JSX.Element {
 /** The deploy dialog of a model version's Promote button. */
 export function showDeployDialog(t: TFunc, model: string, version: string): Promise<IDeployment | null> {
   return runFormDialog<IDeployment>(t, {
-    title: t('deploy.title', { model, version }),
-    accept: t('deploy.accept'),
+    title: t('Deploy {model} v{version}', { model, version }),
+    accept: t('Deploy'),
     className: 'fermi-deploy-dialog',
     render: controller => <DeployForm t={t} model={model} version={version} controller={controller} />,
     focus: '[data-fermi-field="name"]'
@@ -159,7 +159,7 @@ function showDeploymentDialog(
 ): Promise<IDeployment | null> {
   return runFormDialog<IDeployment>(t, {
     title,
-    accept: t('deployments.apply'),
+    accept: t('Apply'),
     className,
     render: controller => <Form t={t} deployment={deployment} controller={controller} />,
     focus: `[data-fermi-field="${focusField}"]`
@@ -193,7 +193,7 @@ function ScaleForm(props: IDeploymentFormProps): JSX.Element {
 }
 
 export function showScaleDialog(t: TFunc, deployment: IDeployment): Promise<IDeployment | null> {
-  const title = t('deployments.scaleTitle', { name: deployment.name });
+  const title = t('Scale {name}', { name: deployment.name });
   return showDeploymentDialog(t, deployment, title, 'fermi-scale-dialog', ScaleForm, 'min_replicas');
 }
 
@@ -226,11 +226,11 @@ function CanaryForm(props: IDeploymentFormProps): JSX.Element {
   controller.submit = async () => {
     const p = intIn(percent, 0, 100);
     if (!version.trim()) {
-      setError(t('deployments.canaryVersionMissing'));
+      setError(t('Choose the model version the canary serves.'));
       return false;
     }
     if (p === null) {
-      setError(t('deployments.canaryPercentInvalid'));
+      setError(t('Traffic must be a whole percentage from 0 to 100.'));
       return false;
     }
     return reportErrors(async () => {
@@ -242,11 +242,11 @@ function CanaryForm(props: IDeploymentFormProps): JSX.Element {
   return (
     <div className="fermi-form">
       <div className="fermi-hint">
-        {t('deployments.canaryIntro', { model: deployment.model, version: deployment.version })}
+        {t('Send part of the traffic to another version of {model} (stable: v{version}); then promote or roll back.', { model: deployment.model, version: deployment.version })}
       </div>
       <div className="fermi-row">
         <InputField
-          label={t('deployments.canaryVersion')}
+          label={t('Model version')}
           field="version"
           list="fermi-canary-versions"
           value={version}
@@ -259,7 +259,7 @@ function CanaryForm(props: IDeploymentFormProps): JSX.Element {
           </datalist>
         </InputField>
         <NumberField
-          label={t('deployments.canaryPercent')}
+          label={t('Traffic %')}
           field="traffic_percent"
           value={percent}
           onChange={setPercent}
@@ -271,7 +271,7 @@ function CanaryForm(props: IDeploymentFormProps): JSX.Element {
 }
 
 export function showCanaryDialog(t: TFunc, deployment: IDeployment): Promise<IDeployment | null> {
-  const title = t('deployments.canaryTitle', { name: deployment.name });
+  const title = t('Canary release of {name}', { name: deployment.name });
   return showDeploymentDialog(t, deployment, title, 'fermi-canary-dialog', CanaryForm, 'version');
 }
 
@@ -291,7 +291,7 @@ export function KeySnippet(props: { t: TFunc; apiKey: string }): JSX.Element {
   const { t, apiKey } = props;
   return (
     <>
-      <div className="fermi-notice fermi-warning">{t('deployments.keyOnce')}</div>
+      <div className="fermi-notice fermi-warning">{t('API key — shown only once, copy it now:')}</div>
       <Snippet t={t} text={apiKey} action="copy-key" />
     </>
   );
@@ -314,15 +314,15 @@ export function UsageSnippets(props: { t: TFunc; deployment: IDeployment; headin
 export async function showApiKeyDialog(t: TFunc, deployment: IDeployment): Promise<void> {
   const body = ReactWidget.create(
     <div className="fermi-form fermi-key-body">
-      <div>{t('deployments.createdIntro', { name: deployment.name })}</div>
+      <div>{t('Inference service "{name}" answers at:', { name: deployment.name })}</div>
       <div className="fermi-key-url">{deployment.url}</div>
       {deployment.api_key && <KeySnippet t={t} apiKey={deployment.api_key} />}
       <UsageSnippets t={t} deployment={deployment} headingClass="fermi-hint" />
     </div>
   );
   await showDialog({
-    title: t('deployments.createdTitle', { name: deployment.name }),
+    title: t('Inference service {name}', { name: deployment.name }),
     body,
-    buttons: [Dialog.okButton({ label: t('common.close') })]
+    buttons: [Dialog.okButton({ label: t('Close') })]
   });
 }

@@ -99,7 +99,7 @@ export async function runFormDialog<T>(t: TFunc, options: IFormDialogOptions<T>)
   const dialog = new AsyncDialog<T | null>({
     title: options.title,
     body,
-    buttons: [Dialog.cancelButton({ label: t('common.cancel') }), Dialog.okButton({ label: options.accept })],
+    buttons: [Dialog.cancelButton({ label: t('Cancel') }), Dialog.okButton({ label: options.accept })],
     defaultButton: 1,
     focusNodeSelector: options.focus,
     onAccept: () => body.controller.submit()

@@ -111,17 +111,17 @@ export function ReplicaFields(props: {
   return (
     <>
       <div className="fermi-row">
-        <NumberField label={t('deploy.minReplicas')} field="min_replicas" value={value.min} onChange={set('min')} />
-        <NumberField label={t('deploy.maxReplicas')} field="max_replicas" value={value.max} onChange={set('max')} />
+        <NumberField label={t('Min replicas')} field="min_replicas" value={value.min} onChange={set('min')} />
+        <NumberField label={t('Max replicas')} field="max_replicas" value={value.max} onChange={set('max')} />
         <NumberField
-          label={t('deploy.target')}
+          label={t('Target concurrency')}
           field="target"
           step="any"
           value={value.target}
           onChange={set('target')}
         />
       </div>
-      <div className="fermi-hint">{t('deploy.scaleHint')}</div>
+      <div className="fermi-hint">{t('Replicas 1–16; the autoscaler aims at the target number of in-flight requests per replica.')}</div>
     </>
   );
 }
@@ -157,7 +157,7 @@ export function CopyButton(props: {
         window.setTimeout(() => setCopied(false), 1500);
       }}
     >
-      {copied ? t('common.copied') : t('common.copy')}
+      {copied ? t('Copied') : t('Copy')}
     </button>
   );
 }

@@ -3,7 +3,7 @@
  * API snippets and the replica sparkline. No JupyterLab, no DOM.
  */
 
-import type { TFunc } from './i18n';
+import { N_, type TFunc } from './i18n';
 import type {
   ITemplate,
   IDeployment,
@@ -26,13 +26,13 @@ export function costEstimate(
   scheduled = false
 ): string {
   if (!profile) {
-    return t('submit.costUnknown');
+    return t('Estimated cost: choose a profile to see its price.');
   }
   const price = Number(profile.price_per_hour ?? 0);
   if (price <= 0) {
-    return t('submit.costFree', { profile: profile.name });
+    return t('Estimated cost: free on {profile}.', { profile: profile.name });
   }
-  return t(scheduled ? 'submit.costScheduled' : 'submit.cost', {
+  return t(scheduled ? N_('Estimated cost: {price} / h on {profile} for each scheduled run, billed only while it runs (30 min ≈ {half}).') : N_('Estimated cost: {price} / h on {profile}, billed only while the job runs (30 min ≈ {half}).'), {
     price: formatPrice(price),
     half: formatPrice(price / 2),
     profile: profile.name
@@ -52,11 +52,11 @@ export function profileLabel(profile: IProfile, t: TFunc): string {
   if (profile.gpu) {
     facts.push(`${profile.gpu} GPU${profile.gpu_type ? ` ${profile.gpu_type}` : ''}`);
   }
-  facts.push(t('price.perHour', { price: formatPrice(profile.price_per_hour) }));
+  facts.push(t('{price} / h', { price: formatPrice(profile.price_per_hour) }));
   parts.push(`(${facts.join(', ')})`);
   if (profile.available === false) {
     parts.push(
-      '— ' + t('profile.unavailable', { reason: profile.unavailable_reason || '' }).trim()
+      '— ' + t('unavailable: {reason}', { reason: profile.unavailable_reason || '' }).trim()
     );
   }
   return parts.join(' ');
@@ -66,7 +66,7 @@ export function profileLabel(profile: IProfile, t: TFunc): string {
 export function imageLabel(image: IImage, t: TFunc): string {
   let label = image.name === image.slug ? image.slug : `${image.name} (${image.slug})`;
   if (image.deprecated) {
-    label += ' — ' + t('image.deprecated');
+    label += ' — ' + t('deprecated');
   }
   return label;
 }
@@ -83,7 +83,7 @@ export function cronError(cron: string, t: TFunc): string | null {
   const fields = text.split(/\s+/);
   const field = /^(\*|\?|[0-9A-Za-z]+(-[0-9A-Za-z]+)?|\*\/\d+|[0-9A-Za-z]+(-[0-9A-Za-z]+)?\/\d+)(,(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?(\/\d+)?|\*\/\d+))*$/;
   if (fields.length !== 5 || !fields.every(f => field.test(f))) {
-    return t('submit.cronInvalid', { cron: text });
+    return t('"{cron}" is not a cron expression: use 5 fields (minute hour day month weekday), e.g. 0 3 * * *.', { cron: text });
   }
   return null;
 }
@@ -94,7 +94,7 @@ export function progressText(progress: IJobProgress | undefined, t: TFunc): stri
     return '';
   }
   const k = progress.current_cell ?? progress.cells_done ?? 0;
-  return t('jobs.progress', { k, n: progress.cells_total });
+  return t('cell {k}/{n}', { k, n: progress.cells_total });
 }
 
 /** The fraction of cells done, 0..1. */
@@ -181,10 +181,10 @@ export function parseReplicas(input: IReplicaInput, t: TFunc): IReplicaSettings 
   const hi = intIn(input.max, 1, 16);
   const tgt = Number(input.target);
   if (lo === null || hi === null || lo > hi) {
-    return t('deploy.replicasInvalid');
+    return t('Replicas must be whole numbers from 1 to 16, with min ≤ max.');
   }
   if (!Number.isFinite(tgt) || tgt <= 0 || tgt > 1000) {
-    return t('deploy.targetInvalid');
+    return t('Target concurrency must be a number above 0 and at most 1000.');
   }
   return { minReplicas: lo, maxReplicas: hi, scaleTarget: tgt };
 }

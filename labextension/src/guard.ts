@@ -108,16 +108,16 @@ export class MisuseGuard {
     this._hinted.add(notebook);
     const minutes = Math.max(1, Math.round(seconds / 60));
     Notification.info(
-      t('guard.message', {
+      t('{name}: a cell has run for over {duration} in this dev environment. Long runs cost less, and are tracked, as a training job.', {
         name: path.split('/').pop() ?? path,
-        duration: seconds < 120 ? t('guard.seconds', { n: seconds }) : t('guard.minutes', { n: minutes })
+        duration: seconds < 120 ? t('{n} s', { n: seconds }) : t('{n} min', { n: minutes })
       }),
       {
         autoClose: 30000,
         actions: [
           {
-            label: t('command.submit'),
-            caption: t('guard.caption'),
+            label: t('Submit as training job'),
+            caption: t('Open the submit dialog for this notebook'),
             displayType: 'accent',
             callback: () => {
               void commands.execute(SUBMIT_COMMAND, { path, origin: 'guard' });

@@ -2,45 +2,45 @@
 
 import * as React from 'react';
 
-import type { MessageKey, TFunc } from './i18n';
+import { N_, type TFunc } from './i18n';
 
 export type GuideKind = 'dev' | 'training' | 'models' | 'inference' | 'images';
 
-const KEYS: Record<GuideKind, { title: MessageKey; what: MessageKey; traits: MessageKey; billing: MessageKey; instead: MessageKey }> = {
+const KEYS: Record<GuideKind, { title: string; what: string; traits: string; billing: string; instead: string }> = {
   dev: {
-    title: 'guide.dev.title',
-    what: 'guide.dev.what',
-    traits: 'guide.dev.traits',
-    billing: 'guide.dev.billing',
-    instead: 'guide.dev.instead'
+    title: N_('Dev environment'),
+    what: N_('An interactive container instance for developing code, analysing data and debugging experiments — this JupyterLab.'),
+    traits: N_('Long-running and interactive|Terminal and Jupyter|You start and stop it; idle ones are culled'),
+    billing: N_('running time × the profile\'s price, until you stop it.'),
+    instead: N_('long or large training → a training job; serving a production API → an inference service.')
   },
   training: {
-    title: 'guide.training.title',
-    what: 'guide.training.what',
-    traits: 'guide.training.traits',
-    billing: 'guide.training.billing',
-    instead: 'guide.training.instead'
+    title: N_('Training jobs'),
+    what: N_('Batch training jobs for large-scale model training and experiment management.'),
+    traits: N_('A batch run with a start and an end|Queued and scheduled automatically|Parameters and metrics tracked|Resources freed when it ends'),
+    billing: N_('job run time × the profile\'s price; nothing while queued.'),
+    instead: N_('interactive debugging → the dev environment; serving a model → an inference service.')
   },
   models: {
-    title: 'guide.models.title',
-    what: 'guide.models.what',
-    traits: 'guide.models.traits',
-    billing: 'guide.models.billing',
-    instead: 'guide.models.instead'
+    title: N_('Model repository'),
+    what: N_('Model versions registered by training jobs, each with its lineage: job, parameters and metrics.'),
+    traits: N_('Versioned|Traceable to the job that produced it|Shareable with groups|Promote a version to an inference service'),
+    billing: N_('no compute cost for stored versions.'),
+    instead: N_('a new version → submit a training job; calling a model → deploy it (Promote).')
   },
   inference: {
-    title: 'guide.inference.title',
-    what: 'guide.inference.what',
-    traits: 'guide.inference.traits',
-    billing: 'guide.inference.billing',
-    instead: 'guide.inference.instead'
+    title: N_('Inference services'),
+    what: N_('Online API services for model inference in production.'),
+    traits: N_('Served behind a load balancer|Autoscaling between min and max replicas|Versions with canary releases|Built for production'),
+    billing: N_('replica running time × the profile\'s price; min replicas keep running.'),
+    instead: N_('trying a model → the dev environment; batch predictions → a training job.')
   },
   images: {
-    title: 'guide.images.title',
-    what: 'guide.images.what',
-    traits: 'guide.images.traits',
-    billing: 'guide.images.billing',
-    instead: 'guide.images.instead'
+    title: N_('Images'),
+    what: N_('Official, community and custom images with versions, reused by dev environments, jobs and services.'),
+    traits: N_('Versions with Python, CUDA and framework labels|Featured and deprecated images'),
+    billing: N_('no cost.'),
+    instead: N_('setting up dependencies by hand each time → ask for a custom image.')
   }
 };
 
@@ -81,7 +81,7 @@ export function GuideCard(props: {
         <button
           className="fermi-card-toggle"
           aria-expanded={!collapsed}
-          title={collapsed ? t('guide.show') : t('guide.hide')}
+          title={collapsed ? t('Show details') : t('Hide details')}
           onClick={toggle}
         >
           {collapsed ? '+' : '−'}
@@ -99,15 +99,15 @@ export function GuideCard(props: {
               ))}
           </ul>
           <div className="fermi-card-billing">
-            <b>{t('guide.billing')}</b> {t(keys.billing)}
+            <b>{t('Billing:')}</b> {t(keys.billing)}
           </div>
           <div className="fermi-card-instead">
-            <b>{t('guide.instead')}</b> {t(keys.instead)}
+            <b>{t('Use another module:')}</b> {t(keys.instead)}
           </div>
         </>
       )}
       <a className="fermi-card-link" href={guideUrl} target="_blank" rel="noopener noreferrer">
-        {t('guide.link')}
+        {t('Usage guide →')}
       </a>
     </div>
   );

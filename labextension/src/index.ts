@@ -93,8 +93,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
     browserFactory: IFileBrowserFactory | null,
     restorer: ILayoutRestorer | null
   ) => {
-    const lang = languageFor((translator ?? nullTranslator).languageCode);
-    const t: TFunc = makeT(lang);
+    const lab = translator ?? nullTranslator;
+    const lang = languageFor(lab.languageCode);
+    // the catalogue shared with the control plane and the CLI (fermi_extension/locale)
+    const t: TFunc = makeT(lab.load('fermi'));
     const { commands } = app;
     const model = new FermiModel();
 
@@ -109,15 +111,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
     };
 
     commands.addCommand(OPEN_SIDEBAR_COMMAND, {
-      label: t('command.openSidebar'),
-      caption: t('sidebar.caption'),
+      label: t('Open the Fermi sidebar'),
+      caption: t('Fermi: training jobs, models and inference services'),
       icon: args => (args.isPalette ? undefined : fermiIcon),
       execute: () => openSidebar()
     });
 
     commands.addCommand(SUBMIT_COMMAND, {
-      label: t('command.submit'),
-      caption: t('command.submitCaption'),
+      label: t('Submit as training job'),
+      caption: t('Run this notebook as a batch training job on the cluster'),
       icon: args => (args.isPalette ? undefined : zapIcon),
       execute: async args => {
         let path = typeof args.path === 'string' && args.path ? args.path : null;
@@ -132,7 +134,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
           path = notebookPathFromBrowser(browserFactory);
         }
         if (!path || !path.endsWith('.ipynb')) {
-          Notification.warning(t('submit.noNotebook'), { autoClose: 6000 });
+          Notification.warning(t('Open or select a notebook (.ipynb) to submit it as a training job.'), { autoClose: 6000 });
           return;
         }
         const panel = tracker.find(p => p.context.path === path) ?? null;
@@ -142,7 +144,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
           t,
           dirty,
           save: panel ? () => panel.context.save() : undefined,
-          reason: origin === 'guard' ? t('guard.reason') : undefined
+          reason: origin === 'guard' ? t('A cell has been running for a long time here: as a training job it runs in the background, is tracked, and frees the GPU when it ends.') : undefined
         });
         if (!result) {
           return;
@@ -150,11 +152,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
         if (result.kind === 'job') {
           const job = result.job;
           model.refresh();
-          Notification.success(t('submit.done', { name: job.name, id: job.id }), {
+          Notification.success(t('Training job "{name}" submitted ({id}).', { name: job.name, id: job.id }), {
             autoClose: 10000,
             actions: [
               {
-                label: t('submit.openJob'),
+                label: t('Open job'),
                 displayType: 'accent',
                 callback: () => {
                   openSidebar();
@@ -167,14 +169,14 @@ const plugin: JupyterFrontEndPlugin<void> = {
           const s = result.schedule;
           model.refresh();
           Notification.success(
-            t('submit.scheduled', {
+            t('Schedule "{name}" created ({cron}); next run: {next}.', {
               name: s.name,
               cron: s.cron,
               next: s.next_run_at ? new Date(s.next_run_at).toLocaleString() : '—'
             }),
             {
               autoClose: 10000,
-              actions: [{ label: t('command.openSidebar'), callback: () => openSidebar() }]
+              actions: [{ label: t('Open the Fermi sidebar'), callback: () => openSidebar() }]
             }
           );
         }
@@ -182,7 +184,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
 
     commands.addCommand(NEW_FROM_TEMPLATE_COMMAND, {
-      label: t('command.newFromTemplate'),
+      label: t('New notebook from a Fermi template'),
       execute: args =>
         newFromTemplate({
           commands,

@@ -4,7 +4,7 @@
  * back into typed values, with messages that name the parameter.
  */
 
-import { makeT, TFunc } from './i18n';
+import { makeT, N_, type TFunc } from './i18n';
 import type { IParameter } from './types';
 
 /** What an input holds: a checkbox's state or a text field's text. */
@@ -25,7 +25,17 @@ export type ParseResult =
   | { ok: true; value: unknown }
   | { ok: false; error: IParamError };
 
-const english = makeT('en');
+const english = makeT();
+
+// one sentence per kind of error, msgids of the catalogue
+const PARAM_ERRORS: Record<IParamError['code'], string> = {
+  bool: N_('Parameter "{name}" must be true or false.'),
+  int: N_('Parameter "{name}" must be a whole number, e.g. 10.'),
+  float: N_('Parameter "{name}" must be a number, e.g. 0.5.'),
+  json: N_('Parameter "{name}" is not valid JSON ({detail}); strings need double quotes, e.g. "text".'),
+  list: N_('Parameter "{name}" must be a JSON list, e.g. [1, 2, 3].'),
+  dict: N_('Parameter "{name}" must be a JSON object, e.g. {"key": 1}.')
+};
 
 /** The kind of input a parameter of this type gets. */
 export function inputKind(type: string): InputKind {
@@ -75,7 +85,7 @@ export function initialInputs(params: IParameter[]): Record<string, ParamInput> 
 }
 
 function fail(name: string, code: IParamError['code'], t: TFunc, detail = ''): ParseResult {
-  const message = t(`param.error.${code}` as const, { name, detail });
+  const message = t(PARAM_ERRORS[code], { name, detail });
   return { ok: false, error: { name, code, message } };
 }
 

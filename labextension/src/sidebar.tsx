@@ -18,7 +18,7 @@ import {
   toggled
 } from './format';
 import { GuideCard } from './guide';
-import type { MessageKey, TFunc } from './i18n';
+import { N_, type TFunc } from './i18n';
 import { fermiIcon } from './icons';
 import { FermiModel, SectionId } from './model';
 import { errorMessage } from './request';
@@ -46,10 +46,20 @@ function useModel(model: FermiModel): void {
   React.useEffect(() => model.subscribe(() => setTick(n => n + 1)), [model]);
 }
 
+// the statuses the API sends, as msgids of the catalogue (shown translated)
+const STATUSES: Record<string, string> = {
+  queued: N_('queued'),
+  running: N_('running'),
+  succeeded: N_('succeeded'),
+  failed: N_('failed'),
+  cancelled: N_('cancelled'),
+  pending: N_('pending'),
+  ready: N_('ready'),
+  stopped: N_('stopped')
+};
+
 function statusLabel(t: TFunc, status: string): string {
-  const key = `status.${status}` as MessageKey;
-  const text = t(key);
-  return text === key ? status : text;
+  return status in STATUSES ? t(STATUSES[status]) : status;
 }
 
 function when(iso: string | null | undefined): string {
@@ -64,14 +74,14 @@ async function confirm(t: TFunc, title: string, body: string, accept: string): P
   const result = await showDialog({
     title,
     body,
-    buttons: [Dialog.cancelButton({ label: t('common.cancel') }), Dialog.warnButton({ label: accept })],
+    buttons: [Dialog.cancelButton({ label: t('Cancel') }), Dialog.warnButton({ label: accept })],
     defaultButton: 0
   });
   return result.button.accept;
 }
 
 /** Runs a row's action; a failure is notified with the message `key`. */
-async function attempt(t: TFunc, key: MessageKey, action: () => Promise<void>): Promise<void> {
+async function attempt(t: TFunc, key: string, action: () => Promise<void>): Promise<void> {
   try {
     await action();
   } catch (e) {
@@ -121,7 +131,7 @@ function ItemList(props: {
     <>
       {error && <div className="fermi-error">{error}</div>}
       <div className="fermi-list" ref={props.listRef}>
-        {items === null && !error && <div className="fermi-hint">{t('common.loading')}</div>}
+        {items === null && !error && <div className="fermi-hint">{t('Loading…')}</div>}
         {items !== null && items.length === 0 && <div className="fermi-empty">{props.empty}</div>}
         {props.children}
       </div>
@@ -150,7 +160,7 @@ function Section(props: {
         <button
           className="jp-Button jp-mod-minimal fermi-refresh"
           data-fermi-action="refresh"
-          title={props.t('common.refresh')}
+          title={props.t('Refresh')}
           onClick={props.onRefresh}
         >
           ⟳
@@ -215,12 +225,12 @@ function LogView(props: { ctx: ISidebarContext; jobId: string }): JSX.Element {
       </pre>
       <div className="fermi-hint">
         {error
-          ? t('jobs.logFailed', { message: error })
+          ? t('Could not read the log: {message}', { message: error })
           : complete
-            ? t('jobs.logComplete')
+            ? t('The job has ended: this is the whole log.')
             : text
-              ? t('jobs.logFollowing')
-              : t('jobs.logWaiting')}
+              ? t('Following the log…')
+              : t('Waiting for the log…')}
       </div>
     </div>
   );
@@ -323,31 +333,31 @@ function JobRow(props: {
   const progress = progressText(job.progress, t);
   const [busy, setBusy] = React.useState(false);
 
-  const busyWhile = async (key: MessageKey, action: () => Promise<void>) => {
+  const busyWhile = async (key: string, action: () => Promise<void>) => {
     setBusy(true);
     await attempt(t, key, action);
     setBusy(false);
   };
 
   const cancel = async () => {
-    if (!(await confirm(t, t('jobs.cancelTitle'), t('jobs.cancelBody', { name: job.name }), t('jobs.cancelAccept')))) {
+    if (!(await confirm(t, t('Cancel the job?'), t('Job "{name}" stops; its output so far is kept.', { name: job.name }), t('Cancel job')))) {
       return;
     }
-    await busyWhile('jobs.cancelFailed', async () => {
+    await busyWhile(N_('Could not cancel the job: {message}'), async () => {
       await api.cancelJob(job.id);
       props.onChanged();
     });
   };
 
   const retry = () =>
-    busyWhile('jobs.retryFailed', async () => {
+    busyWhile(N_('Could not retry the job: {message}'), async () => {
       const next = await api.retryJob(job.id);
-      Notification.success(t('jobs.retried', { name: next.name, id: next.id }), { autoClose: 5000 });
+      Notification.success(t('Retrying as job "{name}" ({id}).', { name: next.name, id: next.id }), { autoClose: 5000 });
       model.revealItem('jobs', next.id);
     });
 
   const openOutput = () =>
-    busyWhile('jobs.outputFailed', async () => {
+    busyWhile(N_('Could not open the output notebook: {message}'), async () => {
       const { path } = await api.openOutput(job.id);
       await ctx.commands.execute('docmanager:open', { path });
     });
@@ -363,19 +373,19 @@ function JobRow(props: {
         <span className="fermi-item-name" title={job.notebook_name}>
           {job.name}
         </span>
-        <span className="fermi-id" title={t('jobs.id')}>
+        <span className="fermi-id" title={t('Job id')}>
           {job.id}
         </span>
       </div>
       <div className="fermi-item-meta">
         {progress && <span className="fermi-progress-text">{progress}</span>}
         {job.status === 'queued' && job.queue_position !== null && job.queue_position !== undefined && (
-          <span>{t('jobs.queuePosition', { n: job.queue_position })}</span>
+          <span>{t('position {n} in the queue', { n: job.queue_position })}</span>
         )}
         {job.duration_seconds ? <span>{formatDuration(job.duration_seconds)}</span> : null}
         <span>{job.profile}</span>
         <span title={job.created_at}>{when(job.created_at)}</span>
-        {job.attempt > 1 && <span>{t('jobs.attempt', { n: job.attempt })}</span>}
+        {job.attempt > 1 && <span>{t('attempt {n}', { n: job.attempt })}</span>}
       </div>
       {job.status === 'running' && job.progress?.cells_total ? (
         <div className="fermi-progress" title={progress}>
@@ -386,7 +396,7 @@ function JobRow(props: {
       <Metrics metrics={job.metrics} />
       {job.models && job.models.length > 0 && (
         <div className="fermi-job-models">
-          {t('jobs.registered')}{' '}
+          {t('Registered:')}{' '}
           {job.models.map(m => (
             <button
               key={`${m.name}:${m.version}`}
@@ -400,24 +410,24 @@ function JobRow(props: {
       )}
       <Actions
         actions={[
-          { id: 'cancel', label: t('jobs.cancel'), show: active, disabled: busy, onClick: cancel },
+          { id: 'cancel', label: t('Cancel'), show: active, disabled: busy, onClick: cancel },
           {
             id: 'retry',
-            label: t('jobs.retry'),
+            label: t('Retry'),
             show: job.status === 'failed' || job.status === 'cancelled',
             disabled: busy,
             onClick: retry
           },
           {
             id: 'logs',
-            label: props.logsOpen ? t('jobs.hideLogs') : t('jobs.logs'),
+            label: props.logsOpen ? t('Hide logs') : t('Logs'),
             classes: 'jp-mod-minimal' + (props.logsOpen ? ' fermi-mod-on' : ''),
             pressed: props.logsOpen,
             onClick: props.onToggleLogs
           },
           {
             id: 'output',
-            label: t('jobs.output'),
+            label: t('Open output notebook'),
             show: job.status !== 'queued',
             disabled: busy,
             onClick: openOutput
@@ -506,38 +516,38 @@ function JobsSection(props: { ctx: ISidebarContext }): JSX.Element {
   const toggleLogs = (id: string) => setLogs(old => toggled(old, id));
 
   const deleteSchedule = async (s: ISchedule) => {
-    if (!(await confirm(t, t('schedules.deleteTitle'), t('schedules.deleteBody', { name: s.name, cron: s.cron }), t('common.delete')))) {
+    if (!(await confirm(t, t('Delete the schedule?'), t('Schedule "{name}" ({cron}) stops starting jobs. Jobs it started are kept.', { name: s.name, cron: s.cron }), t('Delete')))) {
       return;
     }
-    await attempt(t, 'schedules.deleteFailed', async () => {
+    await attempt(t, N_('Could not delete the schedule: {message}'), async () => {
       await api.deleteSchedule(s.id);
       setNonce(n => n + 1);
     });
   };
 
   return (
-    <Section id="jobs" title={t('jobs.title')} t={t} onRefresh={() => setNonce(n => n + 1)}>
+    <Section id="jobs" title={t('Training jobs')} t={t} onRefresh={() => setNonce(n => n + 1)}>
       <GuideCard kind="training" t={t} guideUrl={model.settings.guideUrl} />
       <div className="fermi-toolbar">
         <SelectField
-          label={`${t('jobs.filter')} `}
+          label={`${t('Status')} `}
           field="status-filter"
           value={filter}
           onChange={setFilter}
           options={[
-            { value: '', label: t('jobs.filterAll') },
+            { value: '', label: t('all') },
             ...JOB_STATUSES.map(s => ({ value: s, label: statusLabel(t, s) }))
           ]}
         />
         {jobs && total > jobs.length && (
-          <span className="fermi-hint">{t('jobs.showing', { n: jobs.length, total })}</span>
+          <span className="fermi-hint">{t('showing {n} of {total}', { n: jobs.length, total })}</span>
         )}
       </div>
       <ItemList
         t={t}
         items={jobs}
         error={error}
-        empty={filter ? t('jobs.emptyFiltered') : t('jobs.empty')}
+        empty={filter ? t('No jobs with this status.') : t('No jobs yet — open a notebook and click "Submit as training job" in its toolbar.')}
         listRef={rootRef}
       >
         {jobs?.map(job => (
@@ -554,7 +564,7 @@ function JobsSection(props: { ctx: ISidebarContext }): JSX.Element {
       </ItemList>
       {schedules && schedules.length > 0 && (
         <div className="fermi-schedules">
-          <div className="fermi-subtitle">{t('schedules.title')}</div>
+          <div className="fermi-subtitle">{t('Schedules')}</div>
           {schedules.map(s => (
             <div key={s.id} className="fermi-item fermi-schedule" data-fermi-schedule={s.id}>
               <div className="fermi-item-head">
@@ -562,12 +572,12 @@ function JobsSection(props: { ctx: ISidebarContext }): JSX.Element {
                 <code>{s.cron}</code>
               </div>
               <div className="fermi-item-meta">
-                <span>{t('schedules.next', { at: when(s.next_run_at) })}</span>
-                {s.runs !== undefined && <span>{t('schedules.runs', { n: s.runs })}</span>}
+                <span>{t('next run {at}', { at: when(s.next_run_at) })}</span>
+                {s.runs !== undefined && <span>{t('{n} runs', { n: s.runs })}</span>}
               </div>
               {s.last_error && <div className="fermi-reason">{s.last_error}</div>}
               <Actions
-                actions={[{ id: 'delete-schedule', label: t('common.delete'), onClick: () => void deleteSchedule(s) }]}
+                actions={[{ id: 'delete-schedule', label: t('Delete'), onClick: () => void deleteSchedule(s) }]}
               />
             </div>
           ))}
@@ -588,11 +598,11 @@ function ModelVersions(props: { ctx: ISidebarContext; detail: IModel }): JSX.Ele
     if (deployment.api_key) {
       model.apiKeys.set(deployment.name, deployment.api_key);
     }
-    Notification.success(t('deploy.done', { name: deployment.name }), {
+    Notification.success(t('Inference service "{name}" is being deployed.', { name: deployment.name }), {
       autoClose: 8000,
       actions: [
         {
-          label: t('deploy.show'),
+          label: t('Show'),
           callback: () => {
             void ctx.commands.execute('fermi:open-sidebar');
             model.revealItem('deployments', deployment.name);
@@ -603,7 +613,7 @@ function ModelVersions(props: { ctx: ISidebarContext; detail: IModel }): JSX.Ele
     model.revealItem('deployments', deployment.name);
   };
   if (!detail.versions.length) {
-    return <div className="fermi-hint">{t('models.noVersions')}</div>;
+    return <div className="fermi-hint">{t('No versions yet.')}</div>;
   }
   return (
     <div className="fermi-versions">
@@ -617,7 +627,7 @@ function ModelVersions(props: { ctx: ISidebarContext; detail: IModel }): JSX.Ele
           {v.job ? (
             <div className="fermi-lineage">
               <div>
-                {t('models.job')}{' '}
+                {t('Job:')}{' '}
                 <button className="fermi-link" onClick={() => model.revealItem('jobs', v.job!.id)}>
                   {v.job.name}
                 </button>{' '}
@@ -630,13 +640,13 @@ function ModelVersions(props: { ctx: ISidebarContext; detail: IModel }): JSX.Ele
               <Metrics metrics={v.job.metrics} />
             </div>
           ) : (
-            <div className="fermi-hint">{t('models.noLineage')}</div>
+            <div className="fermi-hint">{t('Registered outside a Fermi job: no lineage.')}</div>
           )}
           <Actions
             actions={[
               {
                 id: 'promote',
-                label: t('models.promote'),
+                label: t('Promote'),
                 classes: 'jp-mod-accept fermi-promote',
                 onClick: () => void promote(v.version)
               }
@@ -700,9 +710,9 @@ function ModelsSection(props: { ctx: ISidebarContext }): JSX.Element {
   }, [reveal?.nonce, models]);
 
   return (
-    <Section id="models" title={t('models.title')} t={t} onRefresh={() => setNonce(n => n + 1)}>
+    <Section id="models" title={t('Models')} t={t} onRefresh={() => setNonce(n => n + 1)}>
       <GuideCard kind="models" t={t} guideUrl={model.settings.guideUrl} />
-      <ItemList t={t} items={models} error={error} empty={t('models.empty')} listRef={rootRef}>
+      <ItemList t={t} items={models} error={error} empty={t('No models yet — a training job registers one when its notebook calls mlflow.<flavour>.log_model(..., registered_model_name="name").')} listRef={rootRef}>
         {models?.map(m => {
           const detail = details[m.name];
           const open = !collapsed.has(m.name);
@@ -722,15 +732,15 @@ function ModelsSection(props: { ctx: ISidebarContext }): JSX.Element {
                   <span className="fermi-caret">{open ? '▾' : '▸'}</span>{' '}
                   <span className="fermi-item-name">{m.name}</span>
                 </button>
-                {m.latest_version && <span className="fermi-chip">{t('models.latest', { v: m.latest_version })}</span>}
+                {m.latest_version && <span className="fermi-chip">{t('latest v{v}', { v: m.latest_version })}</span>}
               </div>
               <div className="fermi-item-meta">
-                <span>{t('models.owner', { owner: m.owner })}</span>
-                {m.groups.length > 0 && <span>{t('models.sharedWith', { groups: m.groups.join(', ') })}</span>}
+                <span>{t('owner {owner}', { owner: m.owner })}</span>
+                {m.groups.length > 0 && <span>{t('shared with {groups}', { groups: m.groups.join(', ') })}</span>}
               </div>
               {open &&
                 (detail === undefined ? (
-                  <div className="fermi-hint">{t('common.loading')}</div>
+                  <div className="fermi-hint">{t('Loading…')}</div>
                 ) : typeof detail === 'string' ? (
                   <div className="fermi-error">{detail}</div>
                 ) : (
@@ -759,9 +769,9 @@ function Sparkline(props: { history: IReplicaCount[]; t: TFunc }): JSX.Element |
       height={height}
       viewBox={`0 0 ${width} ${height}`}
       role="img"
-      aria-label={props.t('deployments.replicasOverTime')}
+      aria-label={props.t('Replicas over time')}
     >
-      <title>{props.t('deployments.replicasOverTimeMax', { max })}</title>
+      <title>{props.t('Replicas over time (max {max})', { max })}</title>
       <polyline points={points} fill="none" stroke="currentColor" strokeWidth="1.5" />
     </svg>
   );
@@ -783,25 +793,25 @@ function DeploymentRow(props: {
   const apiKey = model.apiKeys.get(d.name);
 
   const patch = async (action: 'promote' | 'rollback') => {
-    const title = action === 'promote' ? t('deployments.promoteTitle') : t('deployments.rollbackTitle');
+    const title = action === 'promote' ? t('Promote the canary?') : t('Roll back the canary?');
     const body =
       action === 'promote'
-        ? t('deployments.promoteBody', { name: d.name, version: canary?.version ?? '' })
-        : t('deployments.rollbackBody', { name: d.name, version: canary?.version ?? '' });
-    if (!(await confirm(t, title, body, action === 'promote' ? t('deployments.promote') : t('deployments.rollback')))) {
+        ? t('Version {version} takes all of the traffic of "{name}".', { name: d.name, version: canary?.version ?? '' })
+        : t('Version {version} is removed; "{name}" serves the stable version only.', { name: d.name, version: canary?.version ?? '' });
+    if (!(await confirm(t, title, body, action === 'promote' ? t('Promote') : t('Roll back')))) {
       return;
     }
-    await attempt(t, 'deployments.actionFailed', async () => {
+    await attempt(t, N_('The inference service could not be changed: {message}'), async () => {
       await api.patchDeployment(d.name, { action });
       props.onChanged();
     });
   };
 
   const remove = async () => {
-    if (!(await confirm(t, t('deployments.deleteTitle'), t('deployments.deleteBody', { name: d.name }), t('common.delete')))) {
+    if (!(await confirm(t, t('Delete the inference service?'), t('"{name}" drains its replicas and stops; its URL stops answering.', { name: d.name }), t('Delete')))) {
       return;
     }
-    await attempt(t, 'deployments.actionFailed', async () => {
+    await attempt(t, N_('The inference service could not be changed: {message}'), async () => {
       await api.deleteDeployment(d.name);
       props.onChanged();
     });
@@ -822,7 +832,7 @@ function DeploymentRow(props: {
       </div>
       <div className="fermi-item-meta">
         <span>
-          {t('deployments.replicas', { ready, desired: d.desired_replicas, min: d.min_replicas, max: d.max_replicas })}
+          {t('replicas {ready}/{desired} ({min}–{max})', { ready, desired: d.desired_replicas, min: d.min_replicas, max: d.max_replicas })}
         </span>
         <Sparkline history={history} t={t} />
         <span>{d.engine}</span>
@@ -832,17 +842,17 @@ function DeploymentRow(props: {
       <div className="fermi-revisions">
         {stable && (
           <span className="fermi-chip">
-            {t('deployments.stable', { version: stable.version, percent: stable.traffic_percent })}
+            {t('stable v{version} · {percent}%', { version: stable.version, percent: stable.traffic_percent })}
           </span>
         )}
         {canary && (
           <span className="fermi-chip fermi-chip-canary">
-            {t('deployments.canary', { version: canary.version, percent: canary.traffic_percent })}
+            {t('canary v{version} · {percent}%', { version: canary.version, percent: canary.traffic_percent })}
           </span>
         )}
         {d.traffic && (
           <span className="fermi-hint">
-            {t('deployments.traffic', {
+            {t('{requests} requests · {errors} errors · {inflight} in flight', {
               requests: d.traffic.requests ?? 0,
               errors: d.traffic.errors ?? 0,
               inflight: d.traffic.in_flight ?? 0
@@ -858,7 +868,7 @@ function DeploymentRow(props: {
       </div>
       <div className="fermi-url-row">
         <code className="fermi-deployment-url">{d.url}</code>
-        <CopyButton t={t} text={d.url} action="copy-url" title={t('deployments.copyUrl')} />
+        <CopyButton t={t} text={d.url} action="copy-url" title={t('Copy the API URL')} />
       </div>
       {apiKey && (
         <div className="fermi-key">
@@ -869,30 +879,30 @@ function DeploymentRow(props: {
         actions={[
           {
             id: 'snippets',
-            label: snippets ? t('deployments.hideSnippets') : t('deployments.snippets'),
+            label: snippets ? t('Hide snippets') : t('API snippets'),
             pressed: snippets,
             onClick: () => setSnippets(!snippets)
           },
           {
             id: 'scale',
-            label: t('deployments.scale'),
+            label: t('Scale'),
             onClick: async () => (await showScaleDialog(t, d)) && props.onChanged()
           },
           {
             id: 'canary',
-            label: t('deployments.canaryAction'),
+            label: t('Canary'),
             onClick: async () => (await showCanaryDialog(t, d)) && props.onChanged()
           },
           ...(['promote', 'rollback'] as const).map(action => ({
             id: action,
-            label: t(`deployments.${action}`),
+            label: action === 'promote' ? t('Promote') : t('Roll back'),
             disabled: !canary,
-            title: canary ? undefined : t('deployments.noCanary'),
+            title: canary ? undefined : t('No canary running: start one with Canary.'),
             onClick: () => void patch(action)
           })),
           {
             id: 'delete',
-            label: t('common.delete'),
+            label: t('Delete'),
             classes: 'jp-mod-minimal jp-mod-warn',
             onClick: () => void remove()
           }
@@ -900,13 +910,13 @@ function DeploymentRow(props: {
       />
       {snippets && (
         <div className="fermi-snippets">
-          <div className="fermi-hint">{t('deployments.snippetsHint')}</div>
+          <div className="fermi-hint">{t('Set FERMI_API_KEY to the service\'s API key (or use your hub token with "Authorization: token …").')}</div>
           <UsageSnippets t={t} deployment={d} headingClass="fermi-subtitle" />
         </div>
       )}
       {d.events && d.events.length > 0 && (
         <details className="fermi-events">
-          <summary>{t('deployments.events', { n: d.events.length })}</summary>
+          <summary>{t('Events ({n})', { n: d.events.length })}</summary>
           <ul>
             {d.events
               .slice(-8)
@@ -971,9 +981,9 @@ function DeploymentsSection(props: { ctx: ISidebarContext }): JSX.Element {
   }, [reveal?.nonce, deployments]);
 
   return (
-    <Section id="deployments" title={t('deployments.title')} t={t} onRefresh={() => setNonce(n => n + 1)}>
+    <Section id="deployments" title={t('Inference services')} t={t} onRefresh={() => setNonce(n => n + 1)}>
       <GuideCard kind="inference" t={t} guideUrl={model.settings.guideUrl} />
-      <ItemList t={t} items={deployments} error={error} empty={t('deployments.empty')} listRef={rootRef}>
+      <ItemList t={t} items={deployments} error={error} empty={t('No inference services yet — open a model version under Models and click Promote.')} listRef={rootRef}>
         {deployments?.map(d => (
           <DeploymentRow
             key={d.name}
@@ -1005,8 +1015,8 @@ function EnvironmentCard(props: { ctx: ISidebarContext }): JSX.Element {
   }, []);
   const extra = env ? (
     <div className="fermi-card-env">
-      {t('env.summary', {
-        profile: env.profile ?? t('common.default'),
+      {t('This server: profile {profile} · {gpus} GPU · {price} / h', {
+        profile: env.profile ?? t('Default'),
         gpus: env.gpus,
         price: env.price_per_hour === null ? '—' : formatPrice(env.price_per_hour)
       })}
@@ -1019,7 +1029,7 @@ function SidebarView(props: { ctx: ISidebarContext }): JSX.Element {
   const { ctx } = props;
   return (
     <div className="fermi-sidebar-content">
-      <div className="fermi-sidebar-title">{ctx.t('sidebar.title')}</div>
+      <div className="fermi-sidebar-title">{ctx.t('Fermi')}</div>
       <EnvironmentCard ctx={ctx} />
       <JobsSection ctx={ctx} />
       <ModelsSection ctx={ctx} />
@@ -1035,7 +1045,7 @@ export class FermiSidebar extends ReactWidget {
     this.id = 'fermi-sidebar';
     this.addClass('fermi-sidebar');
     this.title.icon = fermiIcon;
-    this.title.caption = _ctx.t('sidebar.caption');
+    this.title.caption = _ctx.t('Fermi: training jobs, models and inference services');
   }
 
   protected onAfterShow(msg: Message): void {

@@ -6,7 +6,7 @@ import { api } from './api';
 import { FormController, runFormDialog } from './dialog';
 import { InputField, NumberField, profileOptions, SelectField } from './fields';
 import { buildSubmitBody, clampPriority, costEstimate, cronError, imageLabel, jobNameFromPath } from './format';
-import type { TFunc } from './i18n';
+import { N_, type TFunc } from './i18n';
 import { inputKind, initialInputs, parseAll, ParamInput } from './params';
 import { ErrorBox } from './guide';
 import { errorMessage, reportErrors } from './request';
@@ -36,8 +36,8 @@ interface IFormProps extends ISubmitDialogOptions {
 
 /** The save-mode radios shown when the notebook has unsaved changes. */
 const SAVE_MODES = [
-  { mode: 'save', label: 'submit.saveAndSubmit' },
-  { mode: 'saved', label: 'submit.submitSaved' }
+  { mode: 'save', label: N_('Save and submit') },
+  { mode: 'saved', label: N_('Submit the last saved version') }
 ] as const;
 
 function pickDefaults(catalog: ICatalog, env: IEnvironment | null) {
@@ -95,7 +95,7 @@ function SubmitForm(props: IFormProps): JSX.Element {
           setParams(list);
           setInputs(initialInputs(list));
         } else {
-          problems.push(t('submit.paramsFailed', { message: errorMessage(p.reason) }));
+          problems.push(t('Could not read the notebook\'s parameters: {message}', { message: errorMessage(p.reason) }));
         }
         const env = e.status === 'fulfilled' ? e.value : null;
         if (c.status === 'fulfilled') {
@@ -105,7 +105,7 @@ function SubmitForm(props: IFormProps): JSX.Element {
           setImageVersion(d.imageVersion);
           setProfile(d.profile);
         } else {
-          problems.push(t('submit.catalogFailed', { message: errorMessage(c.reason) }));
+          problems.push(t('Could not load the images and profiles (the defaults will be used): {message}', { message: errorMessage(c.reason) }));
         }
         setNotes(problems);
         setLoading(false);
@@ -125,7 +125,7 @@ function SubmitForm(props: IFormProps): JSX.Element {
       return false;
     }
     if (loading) {
-      setError(t('submit.stillLoading'));
+      setError(t('Still loading the form; try again in a moment.'));
       return false;
     }
     const parsed = parseAll(params, inputs, t);
@@ -145,14 +145,14 @@ function SubmitForm(props: IFormProps): JSX.Element {
     }
     const p = Number(priority);
     if (!Number.isInteger(p) || p < -100 || p > 100) {
-      setError(t('submit.priorityInvalid'));
+      setError(t('Priority must be a whole number from -100 to 100.'));
       return false;
     }
     if (selectedProfile && selectedProfile.available === false) {
       setError(
-        t('profile.unavailable', { reason: selectedProfile.unavailable_reason || '' }) +
+        t('unavailable: {reason}', { reason: selectedProfile.unavailable_reason || '' }) +
           ' ' +
-          t('submit.chooseAnotherProfile')
+          t('Choose another profile.')
       );
       return false;
     }
@@ -248,7 +248,7 @@ function SubmitForm(props: IFormProps): JSX.Element {
           <span className="fermi-param-type">{param.type}</span>
         </label>
         {control}
-        {kind === 'json' && <div className="fermi-hint">{t('submit.jsonHint')}</div>}
+        {kind === 'json' && <div className="fermi-hint">{t('JSON')}</div>}
         {param.help && <div className="fermi-hint">{param.help}</div>}
         {invalid && <div className="fermi-field-error">{invalid}</div>}
       </div>
@@ -261,11 +261,11 @@ function SubmitForm(props: IFormProps): JSX.Element {
     <div className="fermi-form">
       {props.reason && <div className="fermi-notice">{props.reason}</div>}
       <div className="fermi-hint">
-        {t('submit.intro', { path })}
+        {t('Runs a snapshot of {path} as a batch job: it is queued, runs on the profile you choose, records parameters and metrics, and frees its resources when it ends. Stopping this server does not stop it.', { path })}
       </div>
       {props.dirty && (
         <div className="fermi-notice fermi-dirty" data-fermi-field="save_mode">
-          <div>{t('submit.dirty')}</div>
+          <div>{t('This notebook has unsaved changes.')}</div>
           {SAVE_MODES.map(({ mode, label }) => (
             <label key={mode}>
               <input
@@ -286,20 +286,20 @@ function SubmitForm(props: IFormProps): JSX.Element {
         </div>
       ))}
       <fieldset className="fermi-fieldset">
-        <legend>{t('submit.parameters')}</legend>
+        <legend>{t('Parameters')}</legend>
         {loading ? (
-          <div className="fermi-hint">{t('common.loading')}</div>
+          <div className="fermi-hint">{t('Loading…')}</div>
         ) : params.length ? (
           params.map(renderParam)
         ) : (
-          <div className="fermi-hint">{t('submit.noParameters')}</div>
+          <div className="fermi-hint">{t('No parameters detected. Tag a cell "parameters" to set values at submission.')}</div>
         )}
       </fieldset>
       <fieldset className="fermi-fieldset">
-        <legend>{t('submit.resources')}</legend>
+        <legend>{t('Image and resources')}</legend>
         <div className="fermi-row">
           <SelectField
-            label={t('submit.image')}
+            label={t('Image')}
             field="image"
             value={image}
             onChange={slug => {
@@ -308,10 +308,10 @@ function SubmitForm(props: IFormProps): JSX.Element {
               setImageVersion(img?.versions?.[0]?.tag ?? '');
             }}
             options={catalog.images.map(i => ({ value: i.slug, label: imageLabel(i, t) }))}
-            empty={t('common.default')}
+            empty={t('Default')}
           />
           <SelectField
-            label={t('submit.imageVersion')}
+            label={t('Version')}
             field="image_version"
             value={imageVersion}
             onChange={setImageVersion}
@@ -325,46 +325,46 @@ function SubmitForm(props: IFormProps): JSX.Element {
                       .join(', ')})`
                   : '')
             }))}
-            empty={t('common.default')}
+            empty={t('Default')}
           />
         </div>
         {selectedImage?.deprecated && selectedImage.redirect_message && (
           <div className="fermi-notice fermi-warning">{selectedImage.redirect_message}</div>
         )}
         <SelectField
-          label={t('submit.profile')}
+          label={t('Profile')}
           field="profile"
           value={profile}
           onChange={setProfile}
           options={profileOptions(catalog.profiles, t, true)}
-          empty={t('common.default')}
+          empty={t('Default')}
         />
         <div className="fermi-cost-estimate">{costEstimate(selectedProfile, t, scheduled)}</div>
       </fieldset>
       <fieldset className="fermi-fieldset">
-        <legend>{t('submit.job')}</legend>
+        <legend>{t('Job')}</legend>
         <div className="fermi-row">
-          <InputField label={t('submit.name')} field="name" type="text" value={name} onChange={setName} />
+          <InputField label={t('Name')} field="name" type="text" value={name} onChange={setName} />
           <NumberField
-            label={t('submit.priority')}
+            label={t('Priority')}
             field="priority"
             step="any"
-            title={t('submit.priorityHint')}
+            title={t('-100 to 100; higher runs first')}
             value={priority}
             onChange={setPriority}
           />
         </div>
         <InputField
-          label={t('submit.schedule')}
+          label={t('Schedule (cron, UTC, optional)')}
           field="schedule"
           type="text"
           placeholder="0 3 * * *"
           value={schedule}
           onChange={setSchedule}
         />
-        <div className="fermi-hint">{t('submit.scheduleHint')}</div>
+        <div className="fermi-hint">{t('For periodic retraining, e.g. "0 3 * * *" runs every day at 03:00 UTC. Leave empty to run once now.')}</div>
       </fieldset>
-      {busy && <div className="fermi-hint">{t('submit.submitting')}</div>}
+      {busy && <div className="fermi-hint">{t('Submitting…')}</div>}
       <ErrorBox error={error} />
     </div>
   );
@@ -374,8 +374,8 @@ function SubmitForm(props: IFormProps): JSX.Element {
 export function showSubmitDialog(options: ISubmitDialogOptions): Promise<SubmitResult | null> {
   const { t } = options;
   return runFormDialog<SubmitResult>(t, {
-    title: t('submit.title'),
-    accept: t('submit.accept'),
+    title: t('Submit as training job'),
+    accept: t('Submit'),
     className: 'fermi-submit-dialog',
     bodyClassName: 'fermi-submit-body',
     render: controller => <SubmitForm {...options} controller={controller} />

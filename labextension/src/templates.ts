@@ -21,7 +21,7 @@ class TemplatePicker extends Widget {
     super();
     this.addClass('fermi-template-picker');
     const label = document.createElement('label');
-    label.textContent = t('template.choose');
+    label.textContent = t('Template');
     this._select = document.createElement('select');
     this._select.className = 'jp-mod-styled';
     this._select.dataset.fermiField = 'template';
@@ -63,10 +63,10 @@ export async function newFromTemplate(options: {
     let name = options.name;
     if (!name) {
       const picked = await showDialog({
-        title: t('template.title'),
+        title: t('New from template'),
         body: new TemplatePicker(templates, lang, t),
-        buttons: [Dialog.cancelButton({ label: t('common.cancel') }),
-          Dialog.okButton({ label: t('template.create') })]
+        buttons: [Dialog.cancelButton({ label: t('Cancel') }),
+          Dialog.okButton({ label: t('Create') })]
       });
       if (!picked.button.accept || !picked.value) {
         return;
@@ -77,7 +77,7 @@ export async function newFromTemplate(options: {
     const { path } = await api.newFromTemplate(name, folder);
     await commands.execute('docmanager:open', { path });
     Notification.success(
-      t('template.created', { path, title: chosen ? describeTemplate(chosen, lang).title : name }),
+      t('Created {path} from the template "{title}".', { path, title: chosen ? describeTemplate(chosen, lang).title : name }),
       { autoClose: 6000 });
   } catch (error) {
     Notification.error(errorMessage(error), { autoClose: 10000 });

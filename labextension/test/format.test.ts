@@ -19,7 +19,7 @@ import {
 } from '../src/format';
 import { makeT } from '../src/i18n';
 
-const t = makeT('en');
+const t = makeT();
 
 describe('submit body', () => {
   const form = {
@@ -149,12 +149,12 @@ describe('replica fields', () => {
   });
 
   it('rejects bad replicas before a bad target', () => {
-    expect(parseReplicas({ min: '3', max: '2', target: '0' }, t)).toBe(t('deploy.replicasInvalid'));
-    expect(parseReplicas({ min: '0', max: '2', target: '4' }, t)).toBe(t('deploy.replicasInvalid'));
-    expect(parseReplicas({ min: '1', max: '', target: '4' }, t)).toBe(t('deploy.replicasInvalid'));
-    expect(parseReplicas({ min: '1', max: '2', target: '0' }, t)).toBe(t('deploy.targetInvalid'));
-    expect(parseReplicas({ min: '1', max: '2', target: '1001' }, t)).toBe(t('deploy.targetInvalid'));
-    expect(parseReplicas({ min: '1', max: '2', target: 'x' }, t)).toBe(t('deploy.targetInvalid'));
+    expect(parseReplicas({ min: '3', max: '2', target: '0' }, t)).toBe(t('Replicas must be whole numbers from 1 to 16, with min ≤ max.'));
+    expect(parseReplicas({ min: '0', max: '2', target: '4' }, t)).toBe(t('Replicas must be whole numbers from 1 to 16, with min ≤ max.'));
+    expect(parseReplicas({ min: '1', max: '', target: '4' }, t)).toBe(t('Replicas must be whole numbers from 1 to 16, with min ≤ max.'));
+    expect(parseReplicas({ min: '1', max: '2', target: '0' }, t)).toBe(t('Target concurrency must be a number above 0 and at most 1000.'));
+    expect(parseReplicas({ min: '1', max: '2', target: '1001' }, t)).toBe(t('Target concurrency must be a number above 0 and at most 1000.'));
+    expect(parseReplicas({ min: '1', max: '2', target: 'x' }, t)).toBe(t('Target concurrency must be a number above 0 and at most 1000.'));
   });
 });
 

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { makeT } from '../src/i18n';
+import { chinese } from './catalogue';
 import { initialInputs, inputKind, parseAll, parseParam, toInput } from '../src/params';
 import type { IParameter } from '../src/types';
 
@@ -103,8 +104,8 @@ describe('parseParam', () => {
     }
   });
 
-  it('writes messages in Chinese with the Chinese table', () => {
-    const result = parseParam(p('epochs', 'int'), 'x', makeT('zh'));
+  it('writes messages in Chinese with the Chinese catalogue', () => {
+    const result = parseParam(p('epochs', 'int'), 'x', makeT(chinese));
     expect(result.ok).toBe(false);
     if (!result.ok) {
       expect(result.error.message).toContain('epochs');

@@ -282,7 +282,10 @@ def test_a_scripted_failing_state_shows_on_the_alerts_page(platform, clock):
     assert '<section id="job-failure-rate" data-state="firing">' in page
     assert '<section id="deployment-failing" data-state="firing">' in page
     assert '<section id="queue-stuck" data-state="ok">' in page
-    assert "100.0%" in page and "训练任务失败率高" in page
+    assert "100.0%" in page and "Training jobs fail often" in page
+    assert "训练任务失败率高" not in page  # one language at a time
+    chinese = render_alerts(report, "/services/fermi/", "zh_CN")
+    assert "训练任务失败率高" in chinese and "Training jobs fail often" not in chinese
 
 
 # -- the metrics endpoint -------------------------------------------------------------------------

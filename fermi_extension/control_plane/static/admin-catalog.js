@@ -12,10 +12,17 @@
   if (!root) return;
   var API = root.getAttribute("data-api");
   var KINDS = ["images", "profiles", "pools"];
-  var LABEL = {
-    images: "Images / 镜像", profiles: "Profiles / 资源规格", pools: "Pools / 资源池"
-  };
-  var ONE = { images: "image / 镜像", profiles: "profile / 资源规格", pools: "pool / 资源池" };
+  // the page's strings, translated by the server from the one message catalogue (msgid → text);
+  // `{name}` placeholders are filled from `vars`
+  var STRINGS = JSON.parse((document.getElementById("fermi-strings") || {}).textContent || "{}");
+  function T(msgid, vars) {
+    var text = STRINGS[msgid] || msgid;
+    return vars ? text.replace(/\{(\w+)\}/g, function (m, k) {
+      return k in vars ? String(vars[k]) : m;
+    }) : text;
+  }
+  var LABEL = { images: T("Images"), profiles: T("Profiles"), pools: T("Pools") };
+  var ONE = { images: T("image"), profiles: T("profile"), pools: T("pool") };
   var READ_ONLY = ["revision", "updated_at", "updated_by", "available", "unavailable_reason"];
   var TEMPLATE = {
     images: {
@@ -75,7 +82,7 @@
           var message = (data && data.message) || response.statusText || "request failed";
           if (response.status === 401 || response.status === 403) {
             message += response.status === 401
-              ? " — your login may have expired: reload the page. 登录可能已过期，请刷新页面。"
+              ? T(" — your login may have expired: reload the page.")
               : "";
           }
           throw new ApiError(response.status, message);
@@ -130,42 +137,42 @@
 
   var COLUMNS = {
     images: [
-      ["Image / 镜像", function (i) {
+      [T("Image"), function (i) {
         return [h("b", { text: i.slug }), h("div", { "class": "muted", text: i.name })];
       }],
-      ["Reference / 镜像地址", function (i) {
+      [T("Reference"), function (i) {
         return [h("code", { text: i.reference }), h("div", { "class": "muted",
           text: (i.versions || []).map(function (v) { return v.tag; }).join(", ") })];
       }],
       ["", function (i) {
-        return [tag(i.kind), i.featured && tag("featured / 精选"),
-          i.local && tag("local", "off"), i.hidden && tag("hidden / 隐藏", "off"),
-          i.deprecated && tag("deprecated / 已弃用", "warn"),
+        return [tag(i.kind), i.featured && tag(T("featured")),
+          i.local && tag(T("local"), "off"), i.hidden && tag(T("hidden"), "off"),
+          i.deprecated && tag(T("deprecated"), "warn"),
           i.redirect_message && h("div", { "class": "muted", text: "→ " + i.redirect_message })];
       }]
     ],
     profiles: [
-      ["Profile / 资源规格", function (p) {
-        return [h("b", { text: p.slug }), p["default"] && tag("default / 默认"),
+      [T("Profile"), function (p) {
+        return [h("b", { text: p.slug }), p["default"] && tag(T("default")),
           h("div", { "class": "muted", text: p.name })];
       }],
-      ["Size / 规格", function (p) {
+      [T("Size"), function (p) {
         return p.cpu + " CPU · " + p.memory + (p.gpu ? " · " + p.gpu + " GPU" +
           (p.gpu_type ? " (" + p.gpu_type + ")" : "") : "");
       }],
-      ["Pool / 资源池", function (p) { return p.pool; }],
-      ["Price / 价格", function (p) { return Number(p.price_per_hour).toFixed(2) + " /h"; }],
+      [T("Pool"), function (p) { return p.pool; }],
+      [T("Price"), function (p) { return Number(p.price_per_hour).toFixed(2) + T(" /h"); }],
       ["", function (p) {
         return [(p.allowed_groups || []).length ? tag("groups: " + p.allowed_groups.join(", "))
           : null, p.available === false ? h("div", { "class": "muted",
-            text: "unavailable here / 此处不可用: " + (p.unavailable_reason || "") }) : null];
+            text: T("unavailable here: {reason}", { reason: p.unavailable_reason || "" }) }) : null];
       }]
     ],
     pools: [
-      ["Pool / 资源池", function (p) {
+      [T("Pool"), function (p) {
         return [h("b", { text: p.slug }), h("div", { "class": "muted", text: p.name })];
       }],
-      ["Jobs at once / 并发任务", function (p) { return String(p.max_running_jobs); }],
+      [T("Jobs at once"), function (p) { return String(p.max_running_jobs); }],
       ["GPUs", function (p) { return p.gpus + (p.gpu_type ? " × " + p.gpu_type : ""); }]
     ]
   };
@@ -182,12 +189,12 @@
     var columns = COLUMNS[kind];
     var tbody = h("tbody");
     var head = h("tr", null, columns.map(function (c) { return h("th", { text: c[0] }); }),
-      h("th", { text: "Revision / 版本" }), h("th"));
+      h("th", { text: T("Revision") }), h("th"));
     var section = h("section", { id: "section-" + kind },
       h("h2", null, LABEL[kind], h("button", {
         "class": "primary", "data-action": "new-" + kind,
         onclick: function () { openEditor(kind, null, tbody, null); }
-      }, "+ New / 新建")),
+      }, T("+ New"))),
       h("table", null, h("thead", null, head), tbody));
     state.catalog[kind].forEach(function (item) {
       var row = h("tr", { "data-slug": item.slug },
@@ -196,11 +203,11 @@
           h("div", { text: (item.updated_by || "") + " " + when(item.updated_at) })),
         h("td", { "class": "actions" },
           h("button", { onclick: function () { openEditor(kind, item, tbody, row); } },
-            "Edit / 编辑"),
+            T("Edit")),
           h("button", { onclick: function () { openHistory(kind, item.slug, tbody, row); } },
-            "History / 历史"),
+            T("History")),
           h("button", { "class": "danger",
-            onclick: function () { removeItem(kind, item, tbody, row); } }, "Delete / 删除")));
+            onclick: function () { removeItem(kind, item, tbody, row); } }, T("Delete"))));
       tbody.appendChild(row);
     });
     return section;
@@ -223,7 +230,7 @@
   }
 
   function reloadButton() {
-    return h("button", { onclick: function () { load(); } }, "Reload / 重新加载");
+    return h("button", { onclick: function () { load(); } }, T("Reload"));
   }
 
   // -- create and edit (a JSON editor per item) -------------------------------------------------
@@ -235,27 +242,27 @@
     var area = h("textarea", { spellcheck: "false", "aria-label": "JSON" });
     area.value = JSON.stringify(original, null, 2);
     var message = h("div", { "class": "msg", role: "alert" });
-    var save = h("button", { "class": "primary" }, item ? "Save / 保存" : "Create / 创建");
+    var save = h("button", { "class": "primary" }, item ? T("Save") : T("Create"));
     save.addEventListener("click", function () {
       var edited;
       try {
         edited = JSON.parse(area.value);
       } catch (e) {
         area.className = "invalid";
-        showMessage(message, "Not valid JSON / JSON 格式错误: " + e.message);
+        showMessage(message, T("Not valid JSON: {error}", { error: e.message }));
         return;
       }
       area.className = "";
       if (!edited || typeof edited !== "object" || Array.isArray(edited)) {
-        showMessage(message, "The " + ONE[kind] + " must be a JSON object. 必须是 JSON 对象。");
+        showMessage(message, T("The {kind} must be a JSON object.", { kind: ONE[kind] }));
         return;
       }
       var request;
       if (item) {
         var removed = Object.keys(original).filter(function (k) { return !(k in edited); });
         if (removed.length) {
-          showMessage(message, "Removed field(s) " + removed.join(", ") + ": to clear a field, " +
-            "set it to its empty value (\"\", [], {}, null) instead. 请勿删除字段，改为空值。");
+          showMessage(message, T("Removed field(s) {fields}: to clear a field, set it to its empty value " +
+            "(\"\", [], {}, null) instead.", { fields: removed.join(", ") }));
           return;
         }
         var changes = {};
@@ -263,7 +270,7 @@
           if (!same(edited[k], original[k])) changes[k] = edited[k];
         });
         if (!Object.keys(changes).length) {
-          showMessage(message, "No change to save. 没有修改。", true);
+          showMessage(message, T("No change to save."), true);
           return;
         }
         request = call("PATCH", "catalog/" + kind + "/" + encodeURIComponent(item.slug),
@@ -273,8 +280,8 @@
       }
       save.disabled = true;
       request.then(function (saved) {
-        load("Saved " + ONE[kind] + " " + saved.slug + " (revision " + saved.revision +
-          "). 已保存。");
+        load(T("Saved {kind} {slug} (revision {revision}).",
+          { kind: ONE[kind], slug: saved.slug, revision: saved.revision }));
       }, function (error) {
         save.disabled = false;
         showMessage(message, error.message + " (HTTP " + error.status + ")");
@@ -283,33 +290,32 @@
     });
     panel.cell.appendChild(h("div", null,
       h("div", { "class": "hint", text: item
-        ? "Edit " + ONE[kind] + " " + item.slug + " (revision " + item.revision + "). Only the " +
-          "fields you change are sent. 只提交修改过的字段。"
-        : "New " + ONE[kind] + ": fill in slug and name; the fields are those of GET " + API +
-          "catalog/" + kind + ". 新建：填写 slug 和名称。" }),
+        ? T("Edit {kind} {slug} (revision {revision}). Only the fields you change are sent.",
+          { kind: ONE[kind], slug: item.slug, revision: item.revision })
+        : T("New {kind}: fill in slug and name; the fields are those of GET {url}.",
+          { kind: ONE[kind], url: API + "catalog/" + kind }) }),
       area, message,
-      h("div", null, save, h("button", { onclick: panel.close }, "Cancel / 取消"))));
+      h("div", null, save, h("button", { onclick: panel.close }, T("Cancel")))));
     area.focus();
   }
 
   // -- delete -------------------------------------------------------------------------------
 
   function removeItem(kind, item, tbody, row) {
-    var question = "Delete " + ONE[kind] + " \"" + item.slug + "\"?\n" +
-      "It stays in the history and can be restored with Revert.\n" +
-      "确定删除？删除后仍可在历史中恢复。";
+    var question = T("Delete {kind} \"{slug}\"?\nIt stays in the history and can be restored with Revert.",
+      { kind: ONE[kind], slug: item.slug });
     if (!window.confirm(question)) return;
     var panel = openPanel(tbody, row, COLUMNS[kind].length + 2);
     var message = h("div", { "class": "msg", role: "alert" });
     panel.cell.appendChild(message);
     call("DELETE", "catalog/" + kind + "/" + encodeURIComponent(item.slug),
       { revision: item.revision }).then(function () {
-      load("Deleted " + ONE[kind] + " " + item.slug + ". 已删除。");
+      load(T("Deleted {kind} {slug}.", { kind: ONE[kind], slug: item.slug }));
     }, function (error) {
       showMessage(message, error.message + " (HTTP " + error.status + ")");
       message.appendChild(h("div", null,
         error.status === 409 ? reloadButton() : null,
-        h("button", { onclick: panel.close }, "Close / 关闭")));
+        h("button", { onclick: panel.close }, T("Close"))));
     });
   }
 
@@ -326,28 +332,28 @@
     var detail = h("div");
     panel.cell.textContent = "";
     panel.cell.appendChild(h("div", { "class": "hint",
-      text: "History of " + ONE[kind] + " " + slug + " / 修改历史" }));
+      text: T("History of {kind} {slug}", { kind: ONE[kind], slug: slug }) }));
     panel.cell.appendChild(message);
     call("GET", base + "/history").then(function (history) {
       var body = h("tbody");
       history.revisions.forEach(function (rev) {
         var isCurrent = rev.revision === history.current_revision;
         body.appendChild(h("tr", { "data-revision": String(rev.revision) },
-          h("td", null, "r" + rev.revision, isCurrent ? tag("current / 当前") : null),
+          h("td", null, "r" + rev.revision, isCurrent ? tag(T("current")) : null),
           h("td", { text: rev.action }), h("td", { text: rev.by }),
           h("td", { text: when(rev.at) }),
           h("td", { "class": "actions" },
             h("button", { onclick: function () { showRevision(base, rev.revision, detail); } },
-              "Diff / 差异"),
+              T("Diff")),
             rev.data && !isCurrent ? h("button", { onclick: function () {
               revert(kind, slug, rev.revision, history, message);
-            } }, "Revert to this / 回滚到此版本") : null)));
+            } }, T("Revert to this")) : null)));
       });
       panel.cell.appendChild(h("table", null, h("thead", null, h("tr", null,
-        h("th", { text: "Revision / 版本" }), h("th", { text: "Action / 操作" }),
-        h("th", { text: "By / 修改人" }), h("th", { text: "When / 时间" }), h("th"))), body));
+        h("th", { text: T("Revision") }), h("th", { text: T("Action") }),
+        h("th", { text: T("By") }), h("th", { text: T("When") }), h("th"))), body));
       panel.cell.appendChild(detail);
-      panel.cell.appendChild(h("button", { onclick: panel.close }, "Close / 关闭"));
+      panel.cell.appendChild(h("button", { onclick: panel.close }, T("Close")));
     }, function (error) {
       showMessage(message, error.message + " (HTTP " + error.status + ")");
     });
@@ -362,27 +368,29 @@
           h("td", null, h("code", { text: JSON.stringify(rev.diff[field][0]) })),
           h("td", null, h("code", { text: JSON.stringify(rev.diff[field][1]) })));
       });
-      box.appendChild(h("div", { "class": "hint", text: "Revision " + rev.revision + " (" +
-        rev.action + " by " + rev.by + ") against " + (rev.previous_revision
-          ? "revision " + rev.previous_revision : "nothing") + " / 与上一版本的差异" }));
+      box.appendChild(h("div", { "class": "hint", text: (rev.previous_revision
+        ? T("Revision {revision} ({action} by {by}) against revision {previous}", {
+          revision: rev.revision, action: rev.action, by: rev.by, previous: rev.previous_revision })
+        : T("Revision {revision} ({action} by {by}) against nothing", {
+          revision: rev.revision, action: rev.action, by: rev.by })) }));
       box.appendChild(fields.length ? h("table", { "class": "diff" }, h("thead", null,
-        h("tr", null, h("th", { text: "Field / 字段" }), h("th", { text: "Before / 之前" }),
-          h("th", { text: "After / 之后" }))), h("tbody", null, rows))
-        : h("p", { "class": "muted", text: "No field changed. 无字段变化。" }));
+        h("tr", null, h("th", { text: T("Field") }), h("th", { text: T("Before") }),
+          h("th", { text: T("After") }))), h("tbody", null, rows))
+        : h("p", { "class": "muted", text: T("No field changed.") }));
     }, function (error) {
       box.appendChild(h("div", { "class": "msg error", text: error.message }));
     });
   }
 
   function revert(kind, slug, number, history, message) {
-    if (!window.confirm("Restore " + ONE[kind] + " \"" + slug + "\" to revision " + number +
-        "? This makes a new revision. 确定回滚？")) return;
+    if (!window.confirm(T("Restore {kind} \"{slug}\" to revision {number}? This makes a new revision.",
+        { kind: ONE[kind], slug: slug, number: number }))) return;
     var current = history.current_revision !== null ? history.current_revision
       : history.revisions[0].revision;
     call("POST", "catalog/" + kind + "/" + encodeURIComponent(slug) + "/revert",
       { body: { revision: number }, revision: current }).then(function (saved) {
-      load("Restored " + ONE[kind] + " " + slug + " to revision " + number + " (now revision " +
-        saved.revision + "). 已回滚。");
+      load(T("Restored {kind} {slug} to revision {number} (now revision {revision}).",
+        { kind: ONE[kind], slug: slug, number: number, revision: saved.revision }));
     }, function (error) {
       showMessage(message, error.message + " (HTTP " + error.status + ")");
       if (error.status === 409) message.appendChild(h("div", null, reloadButton()));
@@ -404,9 +412,9 @@
       showHistory(kindSelect.value, slugInput.value.trim(), { cell: cell, close: function () {
         holder.textContent = "";
       } });
-    } }, "Show history / 查看历史");
+    } }, T("Show history"));
     return h("section", { id: "section-lookup" },
-      h("h2", null, "History of any item, deleted ones too / 查看任意条目的历史（含已删除）"),
+      h("h2", null, T("History of any item, deleted ones too")),
       h("div", { "class": "lookup" }, kindSelect, slugInput, go), holder);
   }
 
@@ -420,8 +428,8 @@
     }, function (error) {
       root.textContent = "";
       root.appendChild(h("div", { "class": "msg error", role: "alert",
-        text: "Could not load the catalogue / 无法加载目录: " + error.message +
-          " (HTTP " + error.status + ")" }));
+        text: T("Could not load the catalogue: {error} (HTTP {status})",
+          { error: error.message, status: error.status }) }));
     });
   }
 
