@@ -14,14 +14,21 @@ Fixtures:
 - ``tiny_notebook``: a fast 2-cell parameterized notebook factory: ``tiny_notebook(body)``.
 
 Unit tests (``tests/unit``) use none of these and run in seconds.
+
+At the end of the session, the run fails if a process the suite started is still alive: a child
+of pytest, or any process whose working folder, command line or environment lies inside the
+session's temporary folder (every platform's data dir does), wherever it was reparented.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
 from .platform import Platform, User, dataset_settings, make_notebook, start_platform
@@ -63,3 +70,51 @@ def template() -> dict:
 @pytest.fixture
 def tiny_notebook():
     return make_notebook
+
+
+def leftover_processes(basetemp: Path) -> list[psutil.Process]:
+    """Processes of this session still alive (see the docstring above)."""
+    me = psutil.Process()
+    mine = {p.pid for p in me.children(recursive=True)}
+    marker = str(basetemp) + os.sep
+    found = []
+    for process in psutil.process_iter():
+        if process.pid == me.pid:
+            continue
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if process.pid in mine or (process.cwd() + os.sep).startswith(marker) or any(
+                    marker in part for part in process.cmdline()) or any(
+                    marker in value for value in process.environ().values()):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.hookimpl(trylast=True)  # after the session fixtures' teardown stopped the platforms
+def pytest_sessionfinish(session, exitstatus):
+    if hasattr(session.config, "workerinput") or session.config.option.collectonly:
+        return
+    basetemp = session.config._tmp_path_factory.getbasetemp()
+    # processes told to stop may take a moment to exit: wait for that, with a deadline
+    deadline = time.monotonic() + float(os.environ.get("FERMI_TEST_LEFTOVER_GRACE", "20"))
+    while (left := leftover_processes(basetemp)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if not left:
+        return
+    lines = []
+    for process in left:
+        try:
+            lines.append(f"  pid {process.pid} (parent {process.ppid()}): "
+                         f"{' '.join(process.cmdline())[:200]}")
+            process.kill()  # so that the next run starts clean
+        except psutil.NoSuchProcess:
+            pass
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = ("the suite left processes behind (killed now); a test or teardown must stop "
+               "them:\n" + "\n".join(lines))
+    if reporter:
+        reporter.write_line("\nERROR: " + message, red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

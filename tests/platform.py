@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import nbformat
+import psutil
 
 from fermi_extension.processes import free_port
 
@@ -96,6 +97,13 @@ class Platform:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 90) -> None:
+        """Stop ``fermi up`` as a user would (Ctrl-C), then make sure every process it started
+        (hub, services, job and replica processes in sessions of their own) went with it: a
+        ``kill()`` of ``fermi up`` alone would leave them to init."""
+        try:
+            started = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            started = []
         if self.process.poll() is None:
             self.process.send_signal(sig)
             try:
@@ -103,6 +111,15 @@ class Platform:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        _, left = psutil.wait_procs(started, timeout=10)
+        for process in left:
+            try:
+                print(f"fermi up left pid {process.pid} running: {' '.join(process.cmdline())}",
+                      file=sys.stderr)
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(left, timeout=10)
 
 
 def dataset_settings(config_dir: Path, roots: list[Path], claims: list[str]) -> dict:

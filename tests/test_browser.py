@@ -31,9 +31,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PASSWORD = "correct-horse-battery-42"
-# the notebook in front (a restored workspace may hold more than one), and its button
-FRONT = ".jp-NotebookPanel:visible"
-SUBMIT_BUTTON = f'{FRONT} .jp-NotebookPanel-toolbar [data-command="fermi:submit-job"]'
+# the main area's tab in front; the panel it shows names it in aria-labelledby (Lumino's dock)
+CURRENT_TAB = "#jp-main-dock-panel .lm-TabBar-tab.jp-mod-current"
+SUBMIT_BUTTON = '.jp-NotebookPanel-toolbar [data-command="fermi:submit-job"]'
 
 
 @pytest.fixture(scope="module")
@@ -85,19 +85,34 @@ def lab_settings(page, base: str, user: str, plugin: str, values: dict) -> None:
     assert answer == 204, f"settings {plugin}: HTTP {answer}"
 
 
-def open_notebook(page, base: str, user: str, path: str) -> None:
+def front_notebook(page, name: str, timeout: float = 60_000) -> str:
+    """The selector of the notebook panel a user sees once the tab in front is ``name``'s.
+
+    A restored workspace reopens every earlier tab: a selector such as ``.jp-NotebookPanel
+    :visible`` is satisfied by whichever notebook shows first, often not the one just opened."""
+    tab = page.locator(CURRENT_TAB, has_text=name)
+    tab.wait_for(timeout=timeout)
+    panel = f'.jp-NotebookPanel[aria-labelledby="{tab.get_attribute("id")}"]'
+    page.wait_for_selector(f"{panel} .jp-Cell", timeout=timeout)
+    page.wait_for_selector(f"{panel} .jp-Spinner", state="detached", timeout=timeout)
+    return panel
+
+
+def open_notebook(page, base: str, user: str, path: str) -> str:
+    """Opens ``path`` in the lab; returns the selector of its panel (see ``front_notebook``)."""
     page.goto(f"{base}/user/{user}/lab/tree/{path}")
-    page.wait_for_selector(f"{FRONT} .jp-Cell", timeout=60_000)
-    page.wait_for_selector(f"{FRONT} .jp-Spinner", state="detached", timeout=60_000)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator, .jp-KernelStatus", timeout=60_000)
+    panel = front_notebook(page, path.rsplit("/", 1)[-1])
+    # its kernel's indicator in its own toolbar (every open notebook's toolbar has one)
+    page.wait_for_selector(f"{panel} .jp-Notebook-ExecutionIndicator", timeout=60_000)
+    return panel
 
 
-def run_first_cell(page, tries: int = 6) -> None:
-    """Shift+Enter on the notebook in front; a freshly opened notebook may not take keys until
-    its kernel session is connected, so try again until the cell shows it is running."""
-    running = page.locator(f"{FRONT} .jp-InputPrompt", has_text="[*]").first
+def run_first_cell(page, panel: str, tries: int = 6) -> None:
+    """Shift+Enter on the first cell of ``panel``; a freshly opened notebook may not take keys
+    until its kernel session is connected, so try again until the cell shows it is running."""
+    running = page.locator(f"{panel} .jp-InputPrompt", has_text="[*]").first
     for _ in range(tries):
-        page.locator(f"{FRONT} .jp-InputPrompt").first.click()
+        page.locator(f"{panel} .jp-InputPrompt").first.click()
         page.keyboard.press("Shift+Enter")
         try:
             running.wait_for(timeout=5_000)
@@ -146,8 +161,8 @@ def test_a_researcher_submits_watches_promotes_and_calls_a_model(platform, admin
         page.wait_for_url(re.compile(rf".*/user/{user}/lab.*"), timeout=120_000)
 
         # 1. the template, and the toolbar button
-        open_notebook(page, base, user, "tabular-classifier.ipynb")
-        button = page.locator(SUBMIT_BUTTON)
+        panel = open_notebook(page, base, user, "tabular-classifier.ipynb")
+        button = page.locator(f"{panel} {SUBMIT_BUTTON}")
         button.wait_for()
         shot("notebook-with-submit-button")
         button.click()
@@ -182,8 +197,7 @@ def test_a_researcher_submits_watches_promotes_and_calls_a_model(platform, admin
 
         # 3. its executed notebook opens in the lab
         page.locator(f'[data-fermi-job="{job_id}"] [data-fermi-action="output"]').click()
-        page.locator(f'.lm-TabBar-tab:has-text("{job_id}")').wait_for()
-        page.locator(f"{FRONT} .jp-Cell").first.wait_for()
+        front_notebook(page, job_id)
         shot("output-notebook")
 
         # 4. promote the model it registered
@@ -215,8 +229,8 @@ def test_a_researcher_submits_watches_promotes_and_calls_a_model(platform, admin
 
         # 6. the same dialog in Chinese, after choosing 中文 in JupyterLab's language setting
         lab_settings(page, base, user, "@jupyterlab/translation-extension:plugin", {"locale": "zh_CN"})
-        open_notebook(page, base, user, "tabular-classifier.ipynb")
-        page.locator(SUBMIT_BUTTON).click()
+        panel = open_notebook(page, base, user, "tabular-classifier.ipynb")
+        page.locator(f"{panel} {SUBMIT_BUTTON}").click()
         dialog = page.locator(".fermi-submit-dialog")
         dialog.wait_for()
         dialog.locator('[data-fermi-param="C"]').wait_for()
@@ -235,8 +249,7 @@ def test_a_researcher_submits_watches_promotes_and_calls_a_model(platform, admin
             "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
                                         "language": "python"}},
             "nbformat": 4, "nbformat_minor": 5}))
-        open_notebook(page, base, user, "long.ipynb")
-        run_first_cell(page)
+        run_first_cell(page, open_notebook(page, base, user, "long.ipynb"))
         hint = page.locator(".Toastify__toast", has_text="training job")
         hint.first.wait_for(timeout=30_000)
         shot("misuse-guard-hint")
@@ -244,8 +257,7 @@ def test_a_researcher_submits_watches_promotes_and_calls_a_model(platform, admin
         # 8. new from template: the dashboard's link makes and opens a notebook in the lab
         page.goto(f"{base}/services/fermi/")
         page.locator('a[href*="fermi-template=evaluate-model"]').click()
-        page.locator('.lm-TabBar-tab:has-text("evaluate-model.ipynb")').wait_for(timeout=60_000)
-        page.locator(f"{FRONT} .jp-Cell").first.wait_for()
+        front_notebook(page, "evaluate-model.ipynb")
         shot("new-from-template")
         assert (home / "evaluate-model.ipynb").exists()
     except BaseException:

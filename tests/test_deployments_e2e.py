@@ -253,10 +253,15 @@ def test_a_replica_killed_under_load_is_replaced_without_failures(platform, serv
         time.sleep(0.5)
     victim = next(r for r in owner.api("GET", "deployments/wine").json()["replicas"] if r["state"] == "ready")
     results: Counter = Counter()
+    served = owner.api("GET", "deployments/wine").json()["traffic"]["requests"]
     loader = threading.Thread(target=lambda: results.update(
         load(client, f"/v2/models/{model}/infer", clients=4, seconds=12)))
     loader.start()
-    time.sleep(2)
+    # the kill lands under load: once the router has counted requests of the loader
+    deadline = time.monotonic() + 10
+    while owner.api("GET", "deployments/wine").json()["traffic"]["requests"] < served + 20:
+        assert time.monotonic() < deadline, "the load never reached the deployment"
+        time.sleep(0.1)
     psutil.Process(replica_pid(platform, victim["id"])).send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     replaced = None

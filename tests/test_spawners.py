@@ -212,9 +212,12 @@ def test_gpus_are_never_shared_a_third_waits_and_stop_frees_them(gpu_platform, t
     # a training job on a GPU profile waits too, queued and saying why
     job = cy.submit(tiny_notebook("import os\nprint('devices=' + os.environ['CUDA_VISIBLE_DEVICES'])"),
                     profile="gpu-a100-1")
-    time.sleep(3)
-    waiting = cy.job(job["id"])
-    assert waiting["status"] == "queued" and waiting["reason"].startswith("No GPU free")
+    # the scheduler has looked at the job once it says why it waits
+    deadline = time.monotonic() + 60
+    while not ((waiting := cy.job(job["id"])).get("reason") or "").startswith("No GPU free"):
+        assert time.monotonic() < deadline and waiting["status"] == "queued", waiting
+        time.sleep(0.2)
+    assert waiting["status"] == "queued", waiting
 
     ann_device = environ(server_model(gpu_platform, ann.name))["CUDA_VISIBLE_DEVICES"]
     stop(ann, platform=gpu_platform)
@@ -294,11 +297,11 @@ def test_the_images_page_lists_searches_and_starts_with_an_image(gpu_platform):
     page = browser.get("/services/fermi/images")
     assert page.status_code == 200
     html = page.text
-    assert "Images / 镜像" in html and "Search / 搜索" in html and "Framework / 框架" in html
+    assert "Images" in html and "Search" in html and "Framework" in html and "镜像" not in html
     assert html.index('data-slug="python-local"') < html.index(f'data-slug="{old}"')  # featured
     article = re.search(rf'<article class="image deprecated" data-slug="{old}".*?</article>',
                         html, re.S).group(0)
-    assert "deprecated / 已弃用" in article and "use pytorch instead" in article
+    assert "deprecated" in article and "use pytorch instead" in article
     assert "tensorflow" in article and f'href="/hub/spawn#image={old}"' in article
     assert '<option value="tensorflow">tensorflow</option>' in html
     anonymous = httpx.get(f"{gpu_platform.url}/services/fermi/images", follow_redirects=False)

@@ -113,7 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     from traitlets.config import Config
 
     from fermi_extension.db import platform_db_url_from_env
+    from fermi_extension.processes import die_with_parent
 
+    # The hub starts the culler and, killed with -9, could not stop it: without this the culler
+    # lives on, parented to init, for as long as the machine runs.
+    die_with_parent()
     db_url = platform_db_url_from_env()
     config = Config()
     config.IdleCuller.cull_arbiter_hook = ProfileTimeouts(timeouts_reader(db_url))
