@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PIP = $(VENV)/bin/pip
 
-.PHONY: up test bench install install-test debian-packages bench-packages
+.PHONY: up test bench install install-test debian-packages bench-packages messages
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,3 +47,11 @@ bench-packages:
 ## p1,r2" or "--quick" for fewer or shorter figures)
 bench: install-test bench-packages
 	$(VENV)/bin/python benchmarks/run_all.py $(BENCH_ARGS)
+
+## make messages: after changing user-visible text — the .pot from the code, merged into each
+## .po (translate the new entries of fermi_extension/locale/zh_CN/LC_MESSAGES/fermi.po, then run
+## it again), and the lab's fermi.json and the lab's generated API types brought up to date
+messages: $(VENV)/bin/python
+	$(VENV)/bin/python -m fermi_extension.i18n extract
+	$(VENV)/bin/python -m fermi_extension.i18n compile
+	cd labextension && PATH="$(abspath $(VENV))/bin:$$PATH" jlpm build:api-types

@@ -29,6 +29,14 @@ def owned(session: Session, model, key: str, caller: Caller, what: str):
     return row
 
 
+def visible(query, column, caller: Caller, wanted: str | None = None):
+    """What a listing shows: a user only their own rows (``column`` names the owner); an admin
+    everyone's, or ``wanted``'s alone when given."""
+    if not caller.admin:
+        return query.where(column == caller.name)
+    return query.where(column == wanted) if wanted else query
+
+
 def audit(session: Session, caller: Caller, action: str, kind: str, target: str,
           before: dict | None = None, after: dict | None = None) -> None:
     """Append a record of a change (committed with the change itself)."""

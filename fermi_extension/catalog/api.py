@@ -10,7 +10,6 @@ event. The domain logic is ``catalog.editing.CatalogEditor``; these handlers onl
 
 from __future__ import annotations
 
-import json
 
 from pydantic import BaseModel
 
@@ -78,15 +77,6 @@ class CatalogHandler(APIHandler):
 
     def editor(self) -> CatalogEditor:
         return CatalogEditor(self.services.catalog, self.caller)
-
-    def body_dict(self) -> dict:
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError as error:
-            raise InvalidInput(f"The request body is not valid JSON: {error}.") from None
-        if not isinstance(body, dict):
-            raise InvalidInput("The request body must be a JSON object.")
-        return body
 
     def expected(self, body_revision: int | None):
         return expected_revision(self.request.headers.get("If-Match"), body_revision)

@@ -75,13 +75,18 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
 
     # -- JSON in and out --------------------------------------------------------------------
 
-    def parse(self, model: type[BaseModel]) -> Any:
+    def body_dict(self) -> dict:
+        """The request's JSON object (an empty body is ``{}``)."""
         try:
             body = json.loads(self.request.body or b"{}")
         except ValueError as error:
             raise InvalidInput(f"The request body is not valid JSON: {error}.") from None
         if not isinstance(body, dict):
             raise InvalidInput("The request body must be a JSON object.")
+        return body
+
+    def parse(self, model: type[BaseModel]) -> Any:
+        body = self.body_dict()
         try:
             return model.model_validate(body)
         except ValidationError as error:

@@ -18,7 +18,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..caller import Caller, audit, owned
+from ..caller import Caller, audit, owned, visible
 from ..catalog.store import CatalogStore
 from ..db import Deployment, DeploymentEvent, Replica, Revision, utcnow
 from ..errors import Conflict, InvalidInput, Unprocessable
@@ -124,9 +124,8 @@ class DeploymentService:
 
     def list(self, caller: Caller) -> list[DescribeDeployment]:
         with self.session_factory() as session:
-            query = select(Deployment).order_by(Deployment.created_at)
-            if not caller.admin:
-                query = query.where(Deployment.owner == caller.name)
+            query = visible(select(Deployment).order_by(Deployment.created_at), Deployment.owner,
+                            caller)
             return [self.describe(session, d) for d in session.scalars(query)]
 
     def get(self, caller: Caller, name: str) -> DescribeDeployment:

@@ -225,7 +225,8 @@ def run(files: JobFiles, spec: JobSpec, *, km=None, snapshot: str | None = None,
     engine = _engine()
     files.workdir.mkdir(parents=True, exist_ok=True)
     own_rank = rank()
-    os.environ["RANK"] = str(own_rank)
+    if "WORLD_SIZE" in os.environ:  # a distributed job: torch.distributed reads RANK beside it
+        os.environ["RANK"] = str(own_rank)
     os.environ.setdefault("IPYTHONDIR", str(files.root / "ipython"))
     started = time.time()
     outcome: dict = {"status": "failed", "reason": None}

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from ..caller import Caller, audit, owned
+from ..caller import Caller, audit, owned, visible
 from ..db import Schedule, utcnow
 from ..errors import FermiError
 from .models import CreateJob
@@ -103,9 +103,7 @@ class ScheduleService:
         return owned(session, Schedule, schedule_id, caller, "schedule")
 
     def list(self, caller: Caller) -> ListSchedules:
-        query = select(Schedule).order_by(Schedule.created_at.desc())
-        if not caller.admin:
-            query = query.where(Schedule.owner == caller.name)
+        query = visible(select(Schedule).order_by(Schedule.created_at.desc()), Schedule.owner, caller)
         with self.session_factory() as session:
             return ListSchedules(schedules=[describe(r) for r in session.scalars(query)])
 

@@ -24,7 +24,7 @@ from ..catalog.access import choose_image, choose_profile
 from ..catalog.schema import Catalog, Image, Profile
 from ..catalog.store import CatalogStore
 from .. import workload_files
-from ..caller import Caller, audit, owned
+from ..caller import Caller, audit, owned, visible
 from ..db import Job, JobEvent, utcnow
 from ..datasets.service import DatasetService
 from ..quotas.service import QuotaService
@@ -172,11 +172,7 @@ class JobService:
             raise InvalidInput("`limit` must be between 1 and 500.")
         if offset < 0:
             raise InvalidInput("`offset` must be 0 or more.")
-        query = select(Job)
-        if not caller.admin:
-            query = query.where(Job.owner == caller.name)
-        elif owner:
-            query = query.where(Job.owner == owner)
+        query = visible(select(Job), Job.owner, caller, owner)
         if status:
             query = query.where(Job.status == status)
         with self.session_factory() as session:

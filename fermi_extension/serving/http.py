@@ -75,6 +75,14 @@ class Limits:
     idle_timeout: float = 75.0  # a keep-alive connection with nothing to do is closed
 
 
+def add_timeout_arguments(parser) -> None:
+    """``--head-timeout`` and ``--body-timeout`` of a process serving with this module."""
+    parser.add_argument("--head-timeout", type=float, default=Limits.head_timeout,
+                        help="seconds a caller has to send a request head (default %(default)s); 408 after")
+    parser.add_argument("--body-timeout", type=float, default=Limits.body_timeout,
+                        help="seconds a caller has to send a request body (default %(default)s); 408 after")
+
+
 class HttpError(Exception):
     """An answer ``{"error": message}`` with this status; ``close`` ends the connection after."""
 

@@ -61,7 +61,8 @@ from array import array
 from collections import OrderedDict
 from urllib.parse import urlsplit
 
-from fermi_extension.serving.http import HttpServer, Limits, Stream, Upstream, UpstreamError
+from fermi_extension.serving.http import (HttpServer, Limits, Stream, Upstream, UpstreamError,
+                                          add_timeout_arguments)
 from fermi_extension.serving.replica_key import replica_key
 
 log = logging.getLogger("fermi.router")
@@ -814,10 +815,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--admin-token-file", required=True, help="file holding the admin API token")
     parser.add_argument("--hub-api-url", default="",
                         help="JupyterHub API URL for token checks (default: $JUPYTERHUB_API_URL)")
-    parser.add_argument("--head-timeout", type=float, default=Limits.head_timeout,
-                        help="seconds a caller has to send a request head (default %(default)s); 408 after")
-    parser.add_argument("--body-timeout", type=float, default=Limits.body_timeout,
-                        help="seconds a caller has to send a request body (default %(default)s); 408 after")
+    add_timeout_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -62,7 +62,7 @@ import sys
 import threading
 import time
 
-from fermi_extension.serving.http import HttpError, HttpServer, Limits
+from fermi_extension.serving.http import HttpError, HttpServer, Limits, add_timeout_arguments
 from fermi_extension.serving.replica_key import ENV_REPLICA_KEY
 from fermi_extension.serving.runtimes import (
     LoadError, ModelCard, ModelRuntime, NeedsPandas, Predictor, block_pandas, load_predictor,
@@ -212,10 +212,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="TCP port to listen on (0: any free one, logged)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--head-timeout", type=float, default=Limits.head_timeout,
-                        help="seconds a caller has to send a request head (default %(default)s); 408 after")
-    parser.add_argument("--body-timeout", type=float, default=Limits.body_timeout,
-                        help="seconds a caller has to send a request body (default %(default)s); 408 after")
+    add_timeout_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from ..caller import Caller
+from ..caller import Caller, visible
 from ..catalog.access import offered_profiles
 from ..catalog.schema import Catalog
 from ..db import AuditEvent, UsageRecord
@@ -207,11 +207,7 @@ class UsageService:
         if kind is not None and kind not in KINDS:
             raise InvalidInput(f"Unknown kind {kind!r}; use one of {', '.join(KINDS)}.")
         month = _month(month, "month")
-        query = select(UsageRecord)
-        if not caller.admin:
-            query = query.where(UsageRecord.user == caller.name)
-        elif user:
-            query = query.where(UsageRecord.user == user)
+        query = visible(select(UsageRecord), UsageRecord.user, caller, user)
         if kind:
             query = query.where(UsageRecord.kind == kind)
         rows: dict[tuple, UsageRow] = {}
@@ -247,9 +243,7 @@ class UsageService:
         if by not in TOTALS_BY:
             raise InvalidInput(f"`by` must be one of {', '.join(TOTALS_BY)}, not {by!r}.")
         month = _month(month, "month")
-        query = select(UsageRecord)
-        if not caller.admin:
-            query = query.where(UsageRecord.user == caller.name)
+        query = visible(select(UsageRecord), UsageRecord.user, caller)
         groups = dict(groups or {})
         if not caller.admin or caller.name not in groups:
             groups[caller.name] = list(caller.groups)
@@ -280,11 +274,9 @@ class UsageService:
               limit: int = 100) -> AuditPage:
         if not 1 <= limit <= 1000:
             raise InvalidInput("`limit` must be between 1 and 1000.")
-        query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
-        if not caller.admin:  # a user sees the record of their own actions
-            query = query.where(AuditEvent.actor == caller.name)
-        elif actor:
-            query = query.where(AuditEvent.actor == actor)
+        # a user sees the record of their own actions
+        query = visible(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit),
+                        AuditEvent.actor, caller, actor)
         if target_kind:
             query = query.where(AuditEvent.target_kind == target_kind)
         if action:

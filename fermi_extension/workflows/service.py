@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from ..caller import Caller, audit, owned
+from ..caller import Caller, audit, owned, visible
 from ..db import Job, Workflow, WorkflowRun, utcnow
 from ..deployments.models import Canary, CreateDeployment, UpdateDeployment
 from ..errors import FermiError, InvalidInput, NotFound
@@ -201,9 +201,7 @@ class WorkflowService:
         return owned(session, Workflow, workflow_id, caller, "workflow")
 
     def list(self, caller: Caller) -> WorkflowList:
-        query = select(Workflow).order_by(Workflow.created_at.desc())
-        if not caller.admin:
-            query = query.where(Workflow.owner == caller.name)
+        query = visible(select(Workflow).order_by(Workflow.created_at.desc()), Workflow.owner, caller)
         with self.session_factory() as session:
             return WorkflowList(workflows=[self._describe(session, w) for w in session.scalars(query)])
 

@@ -19,7 +19,6 @@ import ssl
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import httpx
@@ -27,25 +26,12 @@ import pytest
 
 from fermi_extension.processes import free_port, wait_for
 from fermi_extension.serving.replica_key import replica_key
-from tests.serving.test_server import wine  # noqa: F401 - a fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "malformed-http-admin-token"
 API_KEY = "fk-malformed-http"
 TIMEOUT = 0.6  # the servers' head and body timeouts here
 ANSWER_WITHIN = 10.0  # no case may take longer than this to be answered
-
-
-@pytest.fixture(scope="module")
-def model_dir(wine, tmp_path_factory):  # noqa: F811 - the fixture imported above
-    import mlflow.sklearn
-
-    X, pipeline = wine
-    path = tmp_path_factory.mktemp("model") / "wine"
-    warnings.filterwarnings("ignore", module="mlflow")
-    mlflow.sklearn.save_model(pipeline, path, input_example=X[:2],
-                              pip_requirements=["scikit-learn", "skops"])
-    return path
 
 
 class Target:

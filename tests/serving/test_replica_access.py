@@ -15,10 +15,8 @@ import json
 import subprocess
 import sys
 import time
-import warnings
 
 import httpx
-import mlflow.sklearn
 import psutil
 import pytest
 
@@ -27,19 +25,9 @@ from fermi_extension.deployments.backend import ReplicaLaunch
 from fermi_extension.processes import free_port, identity, is_alive
 from fermi_extension.serving.replica_key import replica_key
 from tests.conformance.drivers import default_runtime
-from tests.serving.test_server import tensor, wine  # noqa: F401 - wine is a fixture
+from tests.serving.test_server import tensor
 
 API_KEY = "fk-the-deployments-own-key"
-
-
-@pytest.fixture(scope="module")
-def model_dir(wine, tmp_path_factory):  # noqa: F811 - the fixture imported above
-    X, pipeline = wine
-    path = tmp_path_factory.mktemp("model") / "wine"
-    warnings.filterwarnings("ignore", module="mlflow")  # schema hints about integer columns
-    mlflow.sklearn.save_model(pipeline, path, input_example=X[:2],
-                              pip_requirements=["scikit-learn", "skops"])
-    return path
 
 
 @pytest.fixture

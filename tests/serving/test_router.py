@@ -36,7 +36,6 @@ from fermi_extension.serving.router import (
     parse_routes,
 )
 from fermi_extension.serving.replica_key import replica_key
-from tests.serving.test_server import wine  # noqa: F401 - a fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "admin-secret"

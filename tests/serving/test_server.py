@@ -109,18 +109,6 @@ def error_of(response: httpx.Response) -> str:
 
 
 @pytest.fixture(scope="module")
-def wine():
-    from sklearn.datasets import load_wine
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    X, y = load_wine(return_X_y=True, as_frame=True)
-    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X, y)
-    return X, pipeline
-
-
-@pytest.fixture(scope="module")
 def models(wine, tmp_path_factory) -> dict:
     """Model directories: skops, cloudpickle, slow (1.5 s to unpickle), broken, frames (only
     scores DataFrames); and ``frames_model``, the pipeline in ``frames``."""

@@ -21,16 +21,14 @@ import os
 import signal
 import subprocess
 import textwrap
-import warnings
 from pathlib import Path
 
 import httpx
-import mlflow.sklearn
 import numpy as np
 import pytest
 
 from fermi_extension.processes import free_port, wait_for
-from tests.serving.test_server import NAME, VERSION, Replica, wine  # noqa: F401 - wine: fixture
+from tests.serving.test_server import NAME, VERSION, Replica
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -52,16 +50,6 @@ def _benchmarks_common():
 bench = _benchmarks_common()
 
 WANTED_ROWS = [0, 60, 130, 177]
-
-
-@pytest.fixture(scope="module")
-def model_dir(wine, tmp_path_factory):  # noqa: F811 - the fixture imported above
-    X, pipeline = wine
-    path = tmp_path_factory.mktemp("model") / "wine"
-    warnings.filterwarnings("ignore", module="mlflow")  # schema hints about integer columns
-    mlflow.sklearn.save_model(pipeline, path, input_example=X[:2],
-                              pip_requirements=["scikit-learn", "skops"])
-    return path
 
 
 @pytest.fixture(scope="module")
