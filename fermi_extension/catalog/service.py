@@ -192,20 +192,14 @@ class CatalogEditor:
     def history(self, kind: str, slug: str) -> ItemHistory:
         check_kind(kind)
         with self.store.session_factory() as session:
-            row = session.get(CatalogItem, (kind, slug))
-            revisions = self._revisions(session, kind, slug, row)
-        if not revisions:
-            raise NotFound(f"No {SINGULAR[kind]} {slug!r} in the catalogue, now or before.")
+            row, revisions = self._history(session, kind, slug)
         return ItemHistory(kind=kind, slug=slug, current_revision=row.revision if row else None,
                            revisions=[self._out(r) for r in reversed(revisions)])
 
     def revision(self, kind: str, slug: str, number: int) -> ItemRevisionDetail:
         check_kind(kind)
         with self.store.session_factory() as session:
-            row = session.get(CatalogItem, (kind, slug))
-            revisions = self._revisions(session, kind, slug, row)
-        if not revisions:
-            raise NotFound(f"No {SINGULAR[kind]} {slug!r} in the catalogue, now or before.")
+            row, revisions = self._history(session, kind, slug)
         wanted = self._find(revisions, kind, slug, number)
         earlier = [r for r in revisions if r.revision < number]
         previous = earlier[-1] if earlier else None
@@ -313,10 +307,7 @@ class CatalogEditor:
         it was deleted since)."""
         check_kind(kind)
         with self.store.session_factory() as session:
-            row = session.get(CatalogItem, (kind, slug))
-            revisions = self._revisions(session, kind, slug, row)
-            if not revisions:
-                raise NotFound(f"No {SINGULAR[kind]} {slug!r} in the catalogue, now or before.")
+            row, revisions = self._history(session, kind, slug)
             target = self._find(revisions, kind, slug, number)
             last = revisions[-1]
             if row is not None:
@@ -488,17 +479,20 @@ class CatalogEditor:
             "change was being saved; reload and apply your change again."
         )
 
-    def _revisions(self, session: Session, kind: str, slug: str,
-                   row: CatalogItem | None) -> list[CatalogRevision]:
-        """The item's revisions, oldest first; an item from before revisions were kept gets its
-        current state as its first revision."""
+    def _history(self, session: Session, kind: str,
+                 slug: str) -> tuple[CatalogItem | None, list[CatalogRevision]]:
+        """The item (None once deleted) and its revisions, oldest first; an item from before
+        revisions were kept gets its current state as its first revision. 404 if it never was."""
+        row = session.get(CatalogItem, (kind, slug))
         revisions = list(session.scalars(
             select(CatalogRevision)
             .where(CatalogRevision.kind == kind, CatalogRevision.slug == slug)
             .order_by(CatalogRevision.revision)).all())
         if not revisions and row is not None:
             revisions = [self._baseline(row)]
-        return revisions
+        if not revisions:
+            raise NotFound(f"No {SINGULAR[kind]} {slug!r} in the catalogue, now or before.")
+        return row, revisions
 
     @staticmethod
     def _baseline(row: CatalogItem) -> CatalogRevision:
