@@ -76,8 +76,10 @@ def commit() -> str:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
     head = git("rev-parse", "--short=12", "HEAD") or "unknown"
-    return head + (" with local changes" if git("status", "--porcelain", "--untracked-files=no")
-                   else "")
+    # what this run writes itself (the results and this file) is not a change to what is measured
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                  ":(exclude)benchmarks/results", ":(exclude)benchmarks/RESULTS.md")
+    return head + (" with local changes" if changed else "")
 
 
 def describe_machine() -> dict:
