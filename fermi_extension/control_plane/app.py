@@ -251,14 +251,19 @@ class FermiService(Application):
         catalog = CatalogStore(self.session_factory)
         if catalog.seed_if_empty(load_catalog_file(self.catalog_seed)):
             self.log.info("Catalogue seeded from %s", self.catalog_seed)
-        job_backend = self.job_backend_class(parent=self)
-        serving_backend = self.serving_backend_class(parent=self)
+        # one rule for registering, attaching and (on Kubernetes, see KubernetesSettings) mounting
+        self.dataset_policy = DatasetPolicy(self.dataset_roots, self.dataset_claims, self.data_dir)
+        parts = {"session_factory": self.session_factory, "dataset_policy": self.dataset_policy}
+
+        def backend(cls):  # each backend gets the parts it declares as traits, nothing more
+            return cls(parent=self, **{k: v for k, v in parts.items() if cls.class_traits().get(k)})
+
+        job_backend = backend(self.job_backend_class)
+        serving_backend = backend(self.serving_backend_class)
         tracker = Tracker(self.tracking_uri)
         jobs_dir = Path(self.data_dir) / "jobs"
         warm_up_notebook_validation()
         quotas = QuotaService(self.session_factory)
-        # one rule for registering, attaching and (on Kubernetes, see KubernetesSettings) mounting
-        self.dataset_policy = DatasetPolicy(self.dataset_roots, self.dataset_claims, self.data_dir)
         datasets = DatasetService(self.session_factory, self.dataset_policy)
         runner = JobRunner(self.session_factory, catalog, job_backend, tracker, jobs_dir,
                            tracking_uri=self.tracking_uri, quotas=quotas)
@@ -293,7 +298,7 @@ class FermiService(Application):
             return None
         from ..backends.kubernetes.builds import KubeImageBuilder
 
-        return KubeImageBuilder(parent=self)
+        return KubeImageBuilder(parent=self, dataset_policy=self.dataset_policy)
 
     def make_app(self) -> web.Application:
         prefix = self.prefix.rstrip("/")

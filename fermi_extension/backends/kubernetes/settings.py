@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from traitlets import Bool, Enum, Int, Unicode, default
+from traitlets import Bool, Enum, Instance, Int, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from ...datasets.service import DatasetPolicy
@@ -105,7 +105,7 @@ class KubernetesSettings(LoggingConfigurable):
     ).tag(config=True)
 
     def cluster(self, *, use_kueue: bool) -> Cluster:
-        claims = self.dataset_policy().claims
+        claims = self.dataset_policy.claims
         if self.storage == "pvc" and self.jobs_claim in claims:
             # a dataset on it would show a pod every user's job folder
             raise ValueError(
@@ -121,11 +121,17 @@ class KubernetesSettings(LoggingConfigurable):
             use_kueue=use_kueue, serving_image=self.serving_image, vllm_image=self.vllm_image,
         )
 
-    def dataset_policy(self) -> DatasetPolicy:
-        """The control plane's dataset policy (FermiService.dataset_policy: this backend's
-        parent holds the one list of claims), else the same settings' defaults from the
-        environment (a backend made on its own, as the tests and tools do)."""
-        return getattr(self.parent, "dataset_policy", None) or DatasetPolicy.from_env()
+    dataset_policy = Instance(
+        DatasetPolicy,
+        help="""Where datasets may live (the one list of claims a pod may mount). Handed in by
+        the control plane's composition root (FermiService.dataset_roots/dataset_claims);
+        default: the same settings from the environment, for a backend made on its own (tests,
+        tools).""",
+    )
+
+    @default("dataset_policy")
+    def _policy_from_env(self) -> DatasetPolicy:
+        return DatasetPolicy.from_env()
 
     async def connect(self) -> KubeClient:
         return await KubeClient.connect(self.kubeconfig, self.context)

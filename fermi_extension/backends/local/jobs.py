@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from traitlets import Int, List, Unicode
+from traitlets import Any, Int, List, Unicode
 
 from ...catalog.schema import Pool, Profile
 from ...db import make_session_factory
@@ -24,6 +24,13 @@ from .kernels import warm_key
 
 
 class LocalJobBackend(JobBackend):
+    session_factory = Any(
+        None,
+        help="""The platform database's session factory, handed in by the control plane's
+        composition root: the GPU allocator shares its assignments with the hub's spawner
+        there. None: an in-memory database (a backend made on its own, as unit tests do).""",
+    )
+
     gpu_inventory = List(
         Unicode(),
         allow_none=True,
@@ -65,8 +72,7 @@ class LocalJobBackend(JobBackend):
         """The machine's one GPU allocator, shared with the hub's spawner through the platform
         database (the control plane's; an in-memory one when run alone, as in unit tests)."""
         if self._gpus is None:
-            factory = getattr(self.parent, "session_factory", None)
-            self._gpus = GpuAllocator(factory or make_session_factory("sqlite://"))
+            self._gpus = GpuAllocator(self.session_factory or make_session_factory("sqlite://"))
         return self._gpus
 
     def availability(self, profile: Profile, pool: Pool) -> tuple[bool, str | None]:
