@@ -17,7 +17,11 @@ install-test: $(VENV)/bin/python debian-packages
 
 # Debian packages the tests use: chromium for the browser tests (never a browser downloaded by
 # a test tool) with a Chinese font for readable zh screenshots; promtool (package prometheus)
-# to validate the alert rules
+# to validate the alert rules; the container engine the workloads run in (podman with runc,
+# netavark and iptables for its bridge, buildah's builds), mmdebstrap for the base image made
+# from Debian's packages, docker-registry for the local registry custom images are pulled from
+CONTAINER_PACKAGES = podman runc buildah netavark aardvark-dns iptables conmon catatonit \
+	mmdebstrap docker-registry
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 debian-packages:
 	@{ command -v chromium >/dev/null && command -v promtool >/dev/null && \
@@ -26,6 +30,10 @@ debian-packages:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-wqy-zenhei \
 		>/dev/null && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 		--no-install-recommends prometheus >/dev/null; }
+	@{ command -v podman >/dev/null && command -v runc >/dev/null && \
+		command -v mmdebstrap >/dev/null && command -v docker-registry >/dev/null; } || \
+		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install \
+		-y -qq --no-install-recommends $(CONTAINER_PACKAGES) >/dev/null; }
 
 ## make up: install Fermi and start the whole platform on this machine (ARGS="--port 8001" …)
 up: install

@@ -46,6 +46,43 @@ def cmd_db_upgrade(args) -> int:
     return 0
 
 
+def cmd_images_build(args) -> int:
+    """Build official images with this machine's engine and pin their digests in the
+    catalogue of the data dir (when it has a platform database)."""
+    from .containers.engine import connect, find_engine
+    from .containers.images import OFFICIAL, BuildFailed, build_official, record
+    from .db import make_session_factory, platform_db_url
+
+    data = Path(args.data_dir).resolve()
+    names = args.names or ["python"]
+    unknown = [n for n in names if n not in OFFICIAL]
+    if unknown:
+        print(f"Error: no official image {', '.join(unknown)}; there are: {', '.join(OFFICIAL)}",
+              file=sys.stderr)
+        return 2
+    isolation, service = find_engine(data / "containers")
+    if not isolation.containers:
+        print(f"Error: building images needs a container engine: {isolation.reason}.",
+              file=sys.stderr)
+        return 1
+    client = connect(isolation.url, timeout=1800)
+    try:
+        for name in names:
+            built = build_official(client, name, data / "containers" / "cache", base=args.base)
+            if (data / "fermi.sqlite").exists() or args.db_url:
+                record(make_session_factory(args.db_url or platform_db_url(data)), built)
+                print(f"Pinned {built.reference} as version {built.tag} of catalogue image "
+                      f"{built.slug!r}.")
+    except BuildFailed as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+        if service is not None:
+            service.stop()
+    return 0
+
+
 def _client(args):
     from .platform_client import Client
 
@@ -379,6 +416,18 @@ def parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--db-url", help="the database's SQLAlchemy URL (default: $FERMI_DB_URL, "
                          "else fermi.sqlite in the data dir)")
     upgrade.set_defaults(func=cmd_db_upgrade)
+
+    images = sub.add_parser("images", help="the official container images").add_subparsers(
+        dest="action", required=True)
+    build = images.add_parser("build", help="build official images from images/NAME/Dockerfile "
+                              "with this machine's container engine and pin their digests")
+    build.add_argument("names", nargs="*", metavar="NAME", help="python (default), pytorch")
+    build.add_argument("--base", help="base image (default: one made from Debian's packages)")
+    build.add_argument("--data-dir", default="fermi-data",
+                       help="the platform's data dir, whose catalogue records the digests "
+                            "(default ./fermi-data)")
+    build.add_argument("--db-url", help="the platform database, if not the data dir's")
+    build.set_defaults(func=cmd_images_build)
 
     jobs = sub.add_parser("jobs", help="training jobs").add_subparsers(dest="action", required=True)
     submit = jobs.add_parser("submit", help="run a notebook as a training job")

@@ -148,6 +148,101 @@ def _ready(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
+def isolate(data: Path) -> tuple[dict, object, object]:
+    """Choose how workloads run (``containers/engine.py``). With an engine: the official image
+    of this Fermi exists and is pinned in the catalogue, and the bridge that workloads reach the
+    platform on is up. Returns the environment that hands this to the platform's processes,
+    the isolation, and podman's service when this process started it."""
+    from .containers.engine import find_engine
+
+    isolation, service = find_engine(data / "containers")
+    if not isolation.containers:
+        isolation = with_accounts(data, isolation)
+        return isolation.env(), isolation, None
+    try:
+        env = prepare_containers(data, isolation)
+    except Exception as error:  # noqa: BLE001 - say why, then run without containers
+        from .containers.engine import Isolation
+
+        if service is not None:
+            service.stop()
+        isolation = with_accounts(data, Isolation(
+            "processes", reason=f"the container engine could not be prepared: {error}"))
+        return isolation.env(), isolation, None
+    if service is not None:
+        env.update(service.env())
+    return {**isolation.env(), **env}, isolation, service
+
+
+def with_accounts(data: Path, isolation):
+    """Without containers, as root: each user's processes under a Unix account of their own
+    (``unix_accounts.py``), unless the admin opted out or this machine cannot have them (then
+    processes of the platform's account, and the reason says why)."""
+    from . import unix_accounts
+    from .containers.engine import Isolation
+
+    if not unix_accounts.wanted():
+        return isolation
+    try:
+        granted = unix_accounts.prepare(data)
+    except (unix_accounts.AccountError, OSError) as error:
+        return Isolation("processes", reason=f"{isolation.reason}; no per-user accounts: {error}")
+    for folder in granted:
+        print(f"  Group {unix_accounts.GROUP} may now enter {folder} (search only, an ACL "
+              "entry): user accounts reach their own folders and the platform's Python through "
+              "it.", flush=True)
+    return Isolation("accounts", reason=isolation.reason)
+
+
+def prepare_containers(data: Path, isolation) -> dict:
+    from .catalog.store import CatalogStore, load_catalog_file, seed_path
+    from .containers.engine import connect
+    from .containers.images import BASE, ensure_official, record
+    from .containers.runtime import Runtime, network_anchor, platform_id
+    from .db import make_session_factory, platform_db_url
+
+    client = connect(isolation.url, timeout=1800)
+    try:
+        print("Checking the official image (the first start builds it: a few minutes) …",
+              flush=True)
+        built = ensure_official(client, "python", data / "containers" / "cache",
+                                log=lambda line: print("  " + line, flush=True))
+    finally:
+        client.close()
+    sessions = make_session_factory(platform_db_url(data))
+    store = CatalogStore(sessions)
+    store.seed_if_empty(load_catalog_file(seed_path()))
+    try:
+        image = store.get("images", built.slug)
+        pinned = image.reference == built.repository and any(
+            v.digest == built.digest for v in image.versions[:1])
+    except Exception:  # noqa: BLE001 - an admin removed it: nothing to pin
+        pinned = True
+    if not pinned:
+        record(sessions, built, by="fermi up")
+        print(f"  Pinned {built.reference} in the catalogue ({built.slug}).", flush=True)
+    runtime = Runtime(isolation.url, platform_id(str(data)))
+    try:
+        gateway = network_anchor(runtime, BASE)
+    finally:
+        runtime.close()
+    return {"FERMI_WORKLOAD_IP": gateway}
+
+
+def remove_network_anchor(url: str, data: Path) -> None:
+    """Running workloads keep the bridge up by themselves; the anchor is for the next start."""
+    from .containers.runtime import Runtime, platform_id
+
+    try:
+        runtime = Runtime(url, platform_id(str(data)))
+        try:
+            runtime.remove(f"fermi-network-{runtime.platform}")
+        finally:
+            runtime.close()
+    except Exception as error:  # noqa: BLE001 - the engine may be gone already
+        print(f"Could not remove the network anchor container: {error}", file=sys.stderr)
+
+
 class Platform:
     def __init__(self, port: int, ip: str, data_dir: str, public_url: str | None,
                  log_to_terminal: bool, serving_port: int | None = None):
@@ -160,6 +255,9 @@ class Platform:
         self.log_to_terminal = log_to_terminal
         self.hub: subprocess.Popen | None = None
         self.stopping = False
+        self.isolation = None
+        self.engine_service = None
+        self.hub_host = "127.0.0.1"
 
     def env(self) -> dict:
         state = _state(self.data, self.port, self.serving_port)
@@ -201,7 +299,7 @@ class Platform:
 
     def wait_ready(self, timeout: float = 180) -> bool:
         checks = {
-            "hub": f"http://127.0.0.1:{self.ports['hub']}/hub/api/",
+            "hub": f"http://{self.hub_host}:{self.ports['hub']}/hub/api/",
             "control plane": f"http://127.0.0.1:{self.ports['service']}/services/fermi/api/health",
             "tracking server": f"http://127.0.0.1:{self.ports['tracking']}/health",
             "proxy": f"http://127.0.0.1:{self.port}/hub/api/",
@@ -230,6 +328,7 @@ class Platform:
             f"  Control-plane API: {url}/services/fermi/api/  (OpenAPI: {url}/services/fermi/api/openapi.json)",
             f"  Inference services answer at {self.serving_url}/<deployment>/v2/…",
             f"  State: {self.data}   Logs: {self.data / 'logs'}",
+            f"  Isolation: {self.isolation.describe()}",
             "Press Ctrl-C to stop.",
             "",
         ]
@@ -248,7 +347,11 @@ class Platform:
                 return 2
         if not upgrade_database(self.data):
             return 1
-        env = self.env()
+        isolation_env, self.isolation, self.engine_service = isolate(self.data)
+        print(f"Workloads run as {self.isolation.describe()}.", flush=True)
+        env = {**self.env(), **isolation_env}
+        # the hub listens where containers reach it (hub_config): check it there
+        self.hub_host = isolation_env.get("FERMI_WORKLOAD_IP") or "127.0.0.1"
         signal.signal(signal.SIGINT, self.stop)
         signal.signal(signal.SIGTERM, self.stop)
         print(f"Starting Fermi (data in {self.data}) …", flush=True)
@@ -286,5 +389,9 @@ class Platform:
         except (ProcessLookupError, PermissionError, TypeError, AttributeError):
             pass
         _stop_stale_proxy(self.data)
+        if self.isolation is not None and self.isolation.containers:
+            remove_network_anchor(self.isolation.url, self.data)
+        if self.engine_service is not None:
+            self.engine_service.stop()  # the containers live on; the next start re-adopts them
         (self.data / "up.json").unlink(missing_ok=True)
         print("Fermi stopped.", flush=True)

@@ -143,7 +143,15 @@ def start_platform(data: Path, port: int | None = None, admin_token: str = "test
     process = subprocess.Popen(
         [*FERMI, "up", "--data-dir", str(data), "--port", str(port),
          "--serving-port", str(serving_port)],
-        env={**os.environ, "FERMI_ADMIN_TOKEN": admin_token, **(env or {})},
+        # processes unless the test asks for containers (tests/containers), whatever engine
+        # this machine has: the suite's shared platform tests the platform's own rules. As
+        # root, under the platform's account unless the test (tests/test_unix_accounts.py) or
+        # the run (FERMI_UNIX_ACCOUNTS=on) asks for per-user accounts: a data dir in pytest's
+        # basetemp loses the ACL that lets accounts enter it whenever a pytest session starts
+        # on this machine (each one chmods that folder's root to 0700)
+        env={**os.environ, "FERMI_ADMIN_TOKEN": admin_token, "FERMI_CONTAINER_ENGINE": "none",
+             "FERMI_UNIX_ACCOUNTS": os.environ.get("FERMI_UNIX_ACCOUNTS", "off"),
+             **(env or {})},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     platform = Platform(Path(data), port, process, admin_token)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ..caller import Caller
 from ..errors import Forbidden, InvalidInput
-from .schema import Catalog, Image, Profile
+from .schema import Catalog, Image, Profile, parse_memory_bytes
 
 # the platform's own reads (seeds, renders from a file): every profile is offered to it
 PLATFORM = Caller("(platform)", admin=True)
@@ -99,3 +99,27 @@ def choose_image(catalog: Catalog, slug: str | None) -> Image:
     if image is None or image.hidden:
         raise InvalidInput(image_not_offered(catalog, slug))
     return image
+
+
+def larger_profile(catalog: Catalog, caller: Caller, slug: str) -> Profile | None:
+    """The profile to suggest when a workload outgrew ``slug``'s memory: the one with the least
+    memory above it, among those offered to ``caller`` with as many GPUs (None: none is)."""
+    current = next((p for p in catalog.profiles if p.slug == slug), None)
+    if current is None:
+        return None
+    memory = parse_memory_bytes(current.memory)
+    larger = [p for p in offered_profiles(catalog, caller)
+              if parse_memory_bytes(p.memory) > memory and p.gpu >= current.gpu]
+    return min(larger, key=lambda p: (parse_memory_bytes(p.memory), p.gpu), default=None)
+
+
+def out_of_memory(catalog: Catalog, caller: Caller, slug: str, what: str = "The job") -> str:
+    """What a workload killed at its memory limit tells its user: the limit, the profile, and a
+    larger one to pick."""
+    current = next((p for p in catalog.profiles if p.slug == slug), None)
+    limit = current.memory if current else "memory"
+    suggestion = larger_profile(catalog, caller, slug)
+    advice = (f"pick {suggestion.slug} ({suggestion.memory})" if suggestion else
+              "use less memory, or ask an admin for a profile with more")
+    return (f"{what} exceeded the {limit} memory of profile {slug} and was stopped (out of "
+            f"memory); {advice}.")

@@ -21,6 +21,16 @@ from .schema import Catalog, Image, Pool, Profile
 KINDS = {"images": Image, "profiles": Profile, "pools": Pool}
 
 
+def seed_path() -> str:
+    """The catalogue YAML an empty platform database is seeded from: $FERMI_CATALOG, else
+    hub_config/catalog.yaml."""
+    import os
+
+    from ..paths import shipped
+
+    return os.environ.get("FERMI_CATALOG") or str(shipped("hub_config") / "catalog.yaml")
+
+
 def load_catalog_file(path: Path | str) -> Catalog:
     """Read and validate a catalogue YAML file; errors name the file and the field."""
     path = Path(path)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from ..caller import Caller
+from ..containers.engine import Isolation
 from ..db import UsageRecord
 from ..usage.service import UsageService, cents, month_start
 from ..i18n import N_, translations
@@ -124,7 +125,16 @@ class UsageLine(BaseModel):
     audit: str = Field(description="the user's audit log")
 
 
+class IsolationOut(BaseModel):
+    mode: str = Field(description="containers | accounts (processes under per-user Unix accounts, "
+                      "as root without an engine) | processes (not isolated: a trusted single "
+                      "user)")
+    engine: str = Field(description="e.g. podman 4.3.1; empty without containers")
+    reason: str = Field(description="why workloads run as processes, when they do")
+
+
 class AdminView(BaseModel):
+    isolation: IsolationOut
     pools: list[PoolOut]
     failing_jobs: list[JobOut]
     failing_deployments: list[DeploymentOut]
@@ -305,7 +315,10 @@ def build(s: Snapshot, caller: Caller, usage: UsageService, prefix: str, *,
         for user, kind, profile, gpus, seconds, amount in running:
             line(user, kind, profile, gpus, seconds, amount)
         usage_lines = sorted(lines.values(), key=lambda u: (-u.cost, u.user))
+        isolation = Isolation.from_env()
         admin_view = AdminView(
+            isolation=IsolationOut(mode=isolation.mode, engine=isolation.engine,
+                                   reason=isolation.reason),
             pools=pools, failing_jobs=failing_jobs[:50], failing_deployments=failing_deployments,
             usage=usage_lines, usage_total=math.fsum(u.cost for u in usage_lines),
             alerts_firing=alerts_firing)
