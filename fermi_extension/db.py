@@ -574,3 +574,19 @@ class ImageBuild(Base):
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, default=None)
+
+
+class WorkloadToken(Base):
+    """A token handed to one workload (a job attempt now; replicas and dev servers later),
+    scoped to what it needs (``workload_tokens.Grant``). Only the token's sha256 is kept: the
+    database never holds a credential a reader of it could use."""
+
+    __tablename__ = "workload_tokens"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    owner: Mapped[str] = mapped_column(String(255))
+    job_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    run_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime, default=None)

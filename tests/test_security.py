@@ -167,7 +167,8 @@ def test_a_job_gets_none_of_the_platforms_secrets(platform, alice):
     leaked = [k for k, v in secrets.items() if any(v in value for value in job_env.values())]
     assert leaked == []
     # everything the job has is allowed by name, or is the job's own (its run, its id, its GPUs)
-    own = {"MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "FERMI_JOB_ID",
+    own = {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "MLFLOW_RUN_ID",
+           "MLFLOW_EXPERIMENT_ID", "FERMI_JOB_ID",
            "FERMI_JOB_USER", "CUDA_VISIBLE_DEVICES", "IPYTHONDIR"}
     kernel = {"JPY_PARENT_PID", "PYDEVD_USE_FRAME_EVAL", "MPLBACKEND", "CLICOLOR",
               "CLICOLOR_FORCE", "FORCE_COLOR", "PAGER", "GIT_PAGER", "TERM", "JPY_SESSION_NAME"}

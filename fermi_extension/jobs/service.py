@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..catalog.access import choose_image, choose_profile
 from ..catalog.schema import Catalog, Image, Profile
 from ..catalog.store import CatalogStore
-from .. import workload_files
+from .. import workload_files, workload_tokens
 from ..caller import Caller, audit, owned, visible
 from ..db import Job, JobEvent, utcnow
 from ..datasets.service import DatasetService
@@ -43,6 +43,9 @@ from .queue import PoolUse, Waiting, plan_starts
 log = logging.getLogger("fermi.jobs")
 
 ENDED = ("succeeded", "failed", "cancelled")
+# a job's tracking token outlives the job's timeout by this much (ending the run, uploading the
+# executed notebook), then expires even if the platform never saw the attempt end
+TOKEN_GRACE_SECONDS = 3600
 
 
 def describe_handle(handle: Handle) -> str:
@@ -510,6 +513,7 @@ class JobRunner:
             session.commit()
             owner, name, runtime = job.owner, job.name, RuntimeSpec.model_validate(job.runtime)
             parameters, attempt = dict(job.parameters or {}), job.attempt
+            runtime_timeout = job.timeout_seconds
         files = self.files(job_id)
         # what the attempt holds on the machine (local GPUs) is claimed before its tracking run is
         # made; while none is free the job stays queued and says why
@@ -541,7 +545,14 @@ class JobRunner:
                     job.reason = f"Waiting for the tracking server: {error.message}"
                     session.commit()
             return False
+        # a fresh token per attempt, scoped to this run: what the job shows the tracking proxy
+        # (revoked in _finish); an earlier attempt's, if one survived a crash, goes first
+        workload_tokens.revoke(self.session_factory, job_id=job_id)
+        token = workload_tokens.issue(
+            self.session_factory, kind="job", owner=owner, job_id=job_id, run_id=run["run_id"],
+            ttl=runtime_timeout + TOKEN_GRACE_SECONDS if runtime_timeout else None)
         env = {  # the tracking URI is the backend's to give (JobLaunch.tracking_uri)
+            "MLFLOW_TRACKING_TOKEN": token,
             "MLFLOW_RUN_ID": run["run_id"],
             "MLFLOW_EXPERIMENT_ID": experiment,
             "FERMI_JOB_ID": job_id,
@@ -679,6 +690,8 @@ class JobRunner:
             job.handle_name = None
             session.add(usage_record(job.owner, "job", job.id, job.runtime, started, ended))
             session.commit()
+        # the attempt has ended: its token opens nothing any more
+        workload_tokens.revoke(self.session_factory, job_id=job_id)
         if run_id:
             await self._end_run(run_id, run_status)
         self.wake()

@@ -5,9 +5,11 @@ killed with -9 would leave that grandchild holding the port. Here the same app r
 process, configured through the environment variables ``mlflow server`` itself sets, and dies
 with the hub.
 
-It listens on 127.0.0.1 only and gets no public route: users reach runs and models through the
-control plane, which checks ownership. MLflow's app runs behind ``gate.RegistryGate``, which holds
-the rule for model names where notebooks register versions.
+It listens on 127.0.0.1 only and gets no public route: jobs and users reach it through the
+control plane's tracking proxy (``control_plane/tracking_proxy.py``), with a token, and the
+proxy names the caller in headers signed with $FERMI_TRACKING_SECRET (``identity.py``). MLflow's
+app runs behind ``gate.RegistryGate``, which holds the rules: model names, and what each caller
+may reach.
 """
 
 from __future__ import annotations
