@@ -29,6 +29,18 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         os.kill(os.getpid(), sig)
 
 
+def own_session() -> None:
+    """Lead a session of our own (a kill of the job's session stops all it started), unless we
+    already do, or cannot: a container's first process is a group leader already, and its
+    container is what holds everything it starts."""
+    if os.getsid(0) == os.getpid():
+        return
+    try:
+        os.setsid()
+    except PermissionError:
+        pass
+
+
 def identity(pid: int) -> float | None:
     """The process's start time: with the pid, it names one process across pid reuse."""
     try:

@@ -200,8 +200,11 @@ def end_tracking_run(status: str) -> None:
         return
     body = json.dumps({"run_id": run_id, "status": status,
                        "end_time": int(time.time() * 1000)}).encode()
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")  # the job's own, for the tracking proxy
     request = urllib.request.Request(f"{uri.rstrip('/')}/api/2.0/mlflow/runs/update", data=body,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              **({"Authorization": f"Bearer {token}"} if token
+                                                 else {})})
     try:
         with urllib.request.urlopen(request, timeout=10):
             pass
@@ -212,6 +215,33 @@ def end_tracking_run(status: str) -> None:
 def rank() -> int:
     """This process's rank in a distributed job (an indexed Kubernetes Job's pods): 0 alone."""
     return int(os.environ.get("RANK") or os.environ.get("JOB_COMPLETION_INDEX") or 0)
+
+
+# a container's own memory cgroup (v2, then v1): its limit, and how often the kernel's OOM
+# killer struck inside it — the kernel it kills is the notebook's, not this process, so this
+# process is the one that sees it and says so (podman here does not, FACTS.md)
+MEMORY_CGROUPS = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.events"),
+                  ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                   "/sys/fs/cgroup/memory/memory.oom_control"))
+
+
+def memory_kills() -> int | None:
+    """Out-of-memory kills so far in this container's memory cgroup; None outside a container
+    with a memory limit (a host's root cgroup counts everyone's)."""
+    for limit_path, events_path in MEMORY_CGROUPS:
+        try:
+            limit = Path(limit_path).read_text().strip()
+            events = Path(events_path).read_text().split("\n")
+        except OSError:
+            continue
+        if limit == "max" or not limit.isdigit() or int(limit) >= 2**62:
+            return None
+        for line in events:
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+        return None
+    return None
 
 
 def run(files: JobFiles, spec: JobSpec, *, km=None, snapshot: str | None = None,
@@ -229,6 +259,7 @@ def run(files: JobFiles, spec: JobSpec, *, km=None, snapshot: str | None = None,
         os.environ["RANK"] = str(own_rank)
     os.environ.setdefault("IPYTHONDIR", str(files.root / "ipython"))
     started = time.time()
+    kills = memory_kills()
     outcome: dict = {"status": "failed", "reason": None}
     lineage: dict = {}
     try:
@@ -267,6 +298,8 @@ def run(files: JobFiles, spec: JobSpec, *, km=None, snapshot: str | None = None,
     finally:
         if km is not None:  # a warm kernel serves one job, then goes
             _shutdown(km)
+    if outcome["status"] == "failed" and kills is not None and (memory_kills() or 0) > kills:
+        outcome["out_of_memory"] = True  # the backend names the profile and a larger one
     log.info("Job %s %s%s", spec.job_id, outcome["status"],
              f": {outcome['reason']}" if outcome["reason"] else "")
     if own_rank == 0:

@@ -4,7 +4,9 @@ own session, its log, its environment), around the job entry point every backend
 
 Run in a child forked by the launcher (which paid papermill's import once) — either cold, or a
 warm slot that already holds a started kernel (``kernels.py``). The process reports through
-files in its job folder (see ``jobs/files.py``).
+files in its job folder (see ``jobs/files.py``). Under accounts it becomes the job owner's
+account first thing (the control plane handed it the job folder): the log, the work folder
+and the notebook are the account's, never root's.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ from pathlib import Path
 
 from ...jobs import entry
 from ...jobs.files import JobFiles, write_json_atomic
-from ...processes import identity
+from ...processes import identity, own_session
+from ...unix_accounts import become
 
 
 def run(request: dict, km=None) -> int:
     """Run one attempt. Never returns to the caller's loop: the caller ``os._exit``s with it."""
     files = JobFiles(Path(request["job_dir"]))
-    if os.getsid(0) != os.getpid():  # a warm slot is a session of its own already
-        os.setsid()
+    own_session()  # a warm slot leads one already
+    if request.get("account"):
+        become(request["account"])
     files.workdir.mkdir(parents=True, exist_ok=True)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # not the launcher's request pipe

@@ -1,6 +1,7 @@
 """Training jobs as processes on this machine, forked from a warm launcher, each running the job
 entry point every backend shares (``jobs/entry.py``), CPU jobs on a warm kernel when one waits
-(``kernels.py``)."""
+(``kernels.py``); under the job owner's Unix account when the platform runs as root
+(``unix_accounts.py``)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,19 @@ import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 
-from traitlets import Any, Int, List, Unicode
+from traitlets import Any, Bool, Int, List, Unicode, default
 
 from ...catalog.schema import Pool, Profile
+from ...containers.engine import Isolation
 from ...db import make_session_factory
 from ...jobs.backend import Handle, JobBackend, JobLaunch, Outcome
 from ...jobs.files import JobFiles, read_json
 from ...processes import identity, is_alive, kill_tree
 from ...jobs.entry import JobSpec
 from ...spec import DatasetMount, RuntimeSpec
+from ...unix_accounts import account_env, ensure_account, hand_over
 from ...workload_env import workload_env
 from .gpus import GpuAllocator, gpu_availability, gpu_inventory, job_holder, visible_devices
 from .kernels import warm_key
@@ -50,6 +54,28 @@ class LocalJobBackend(JobBackend):
         replaced. 0 turns the pool off (every job starts its own kernel, ~1 s). GPU jobs always
         start their own.""",
     ).tag(config=True)
+
+    unix_accounts = Bool(
+        help="""Run each job under its owner's Unix account (fermi-NAME, made on first use,
+        the same the hub's spawner starts the owner's dev servers under): the launcher forks
+        the job as root, hands it its job folder and switches to the account before anything
+        of the user runs. Needs root. Default: what `fermi up` chose
+        ($FERMI_ISOLATION_MODE=accounts: it runs as root with no container engine).""",
+    ).tag(config=True)
+
+    @default("unix_accounts")
+    def _default_unix_accounts(self):
+        return Isolation.from_env().accounts
+
+    home_template = Unicode(
+        help="""A user's home, the home of their account, with {username} for the hub name.
+        Default: $FERMI_DATA_DIR/users/{username}, the folder the hub's spawner gives the
+        user's dev servers (so a job and a dev server share the account's home).""",
+    ).tag(config=True)
+
+    @default("home_template")
+    def _default_home_template(self):
+        return os.path.join(os.environ.get("FERMI_DATA_DIR", "."), "users", "{username}")
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -104,14 +130,29 @@ class LocalJobBackend(JobBackend):
         if not line:
             raise RuntimeError("the job launcher exited during start-up; see the control plane log")
 
-    def _warm(self, runtime: RuntimeSpec) -> dict | None:
-        """The warm pool a job of ``runtime`` can take its kernel from (None: none for it)."""
-        if runtime.gpu or self.warm_kernels <= 0:
+    def _warm(self, runtime: RuntimeSpec, account=None) -> dict | None:
+        """The warm pool a job of ``runtime`` can take its kernel from (None: none for it).
+        Under accounts, a pool per account: its slots run as that account from before their
+        kernel starts, so no kernel of root or of another user ever serves a job."""
+        if runtime.gpu or self.warm_kernels <= 0 or (self.unix_accounts and account is None):
             return None
         # no GPU is visible to a kernel made before its job is known
-        env = workload_env({**runtime.env, "CUDA_VISIBLE_DEVICES": visible_devices([])})
-        return {"key": warm_key(runtime.image_reference, runtime.kernel, runtime.profile, env),
+        env = workload_env({**runtime.env, "CUDA_VISIBLE_DEVICES": visible_devices([]),
+                            **(account_env(account) if account else {})})
+        warm = {"key": warm_key(runtime.image_reference, runtime.kernel, runtime.profile, env),
                 "kernel": runtime.kernel, "env": env, "size": self.warm_kernels}
+        if account is not None:
+            warm.update(key=f"{warm['key']}|{account.pw_name}", account=account.pw_name)
+        return warm
+
+    async def _account(self, launch: JobLaunch):
+        """The owner's account, the job folder handed to it (None without accounts)."""
+        if not self.unix_accounts:
+            return None
+        home = Path(self.home_template.format(username=launch.owner))
+        account = await asyncio.to_thread(ensure_account, launch.owner, home)
+        await asyncio.to_thread(hand_over, launch.files.root, account)
+        return account
 
     async def prewarm(self, runtime: RuntimeSpec) -> None:
         warm = self._warm(runtime)
@@ -121,6 +162,7 @@ class LocalJobBackend(JobBackend):
     async def launch(self, launch: JobLaunch) -> Handle:
         files = launch.files
         files.reset_attempt()
+        account = await self._account(launch)
         holder = job_holder(launch.job_id)
         devices = self.gpus.allocate(holder, launch.runtime.gpu, self.gpu_devices)
         tracking = {"MLFLOW_TRACKING_URI": launch.tracking_uri} if launch.tracking_uri else {}
@@ -131,8 +173,10 @@ class LocalJobBackend(JobBackend):
             "spec": JobSpec.of(launch.job_id, launch.runtime, launch.parameters,
                                launch.attempt).to_json(),
             "env": workload_env({**launch.runtime.env, **tracking, **launch.env,
-                                 "CUDA_VISIBLE_DEVICES": visible_devices(devices)}),
-            "warm": self._warm(launch.runtime),
+                                 "CUDA_VISIBLE_DEVICES": visible_devices(devices),
+                                 **(account_env(account) if account else {})}),
+            "warm": self._warm(launch.runtime, account),
+            "account": account.pw_name if account else None,
         }
         try:
             answer = await self._ask(request)

@@ -11,13 +11,17 @@ What determines a kernel is its key: the interpreter (image), the kernelspec, th
 the environment the image × profile give it. A warm kernel starts with ``workload_env()`` and
 that environment only — no job's values, no platform secret. GPU jobs never take a warm kernel:
 which devices a process may use is fixed when it (or, with issue 14, its container) is made.
+Under per-user accounts a pool's warm dict names its ``account``: the slot switches to it
+before its kernel starts (the key includes it), so a kernel serves only jobs of its account.
 
-The key is what a pool of warm *containers* would be keyed by, too: a slot here is a process;
-there it would be a container started from the key's image, doing the same.
+The key is what the pool of warm *containers* is keyed by too (``container_jobs.py``): there a
+slot is a container started from the key's image within the key's profile, serving the same way
+(``serve``), its one request a file the platform puts in its folder (``container_slot.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -26,6 +30,8 @@ import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
+
+from ...unix_accounts import become
 
 log = logging.getLogger("fermi.jobs.warm")
 
@@ -109,7 +115,7 @@ class WarmPool:
                 os.close(write)
                 for fd in inherited:  # other slots must see their own pipe close, not ours
                     os.close(fd)
-                code = _serve(read, warm, self.start_job)
+                code = serve(functools.partial(_read_pipe, read), warm, self.start_job)
             except BaseException:
                 log.exception("warm slot failed")
             finally:
@@ -134,11 +140,25 @@ def _pump(source: int) -> None:
             pass
 
 
-def _serve(requests: int, warm: dict, start_job) -> int:
+def _read_pipe(requests: int) -> dict | None:
+    """The launcher's one request to a process slot (None: it closed the pipe: no job comes)."""
+    with os.fdopen(requests, "r") as pipe:
+        line = pipe.readline()
+    return json.loads(line) if line.strip() else None
+
+
+def serve(next_request, warm: dict, start_job) -> int:
+    """Be a slot: start a kernel of ``warm["kernel"]`` with ``warm["env"]``, wait for
+    ``next_request()`` (a process slot reads its launcher's pipe, a container slot a file the
+    platform puts in its folder), then run ``start_job(request, km)`` on that kernel."""
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.utils import run_sync
 
-    os.setsid()
+    from ...processes import own_session
+
+    own_session()
+    if warm.get("account"):
+        become(warm["account"])
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):  # never the launcher's pipes
         os.dup2(devnull, fd)
@@ -152,11 +172,9 @@ def _serve(requests: int, warm: dict, start_job) -> int:
         run_sync(km.start_kernel)(env=env, cwd=home, stdout=kernel_output, stderr=kernel_output)
         os.close(kernel_output)
         run_sync(_until_ready)(km)
-        with os.fdopen(requests, "r") as pipe:
-            line = pipe.readline()
-        if not line.strip():  # the launcher is gone or stopping: no job will come
+        request = next_request()
+        if request is None:  # the platform is gone or stopping: no job will come
             return 0
-        request = json.loads(line)
         if not run_sync(km.is_alive)():
             km = None  # it died waiting: the job starts a kernel of its own
         return start_job(request, km)
