@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from fermi_extension.containers.engine import ISOLATION_ENV, Isolation
+
 c = get_config()  # noqa: F821 — provided by JupyterHub
 
 data = Path(os.environ["FERMI_DATA_DIR"])
@@ -20,7 +22,14 @@ public_url = os.environ["FERMI_PUBLIC_URL"]
 # -- the hub, its proxy and its database -------------------------------------------------------
 c.JupyterHub.ip = public_ip
 c.JupyterHub.port = ports["public"]
-c.JupyterHub.hub_ip = "127.0.0.1"
+# with a container engine, dev servers reach the hub at the bridge's gateway (FERMI_WORKLOAD_IP,
+# an address of this machine that only it and its containers reach); the proxy and the
+# services on this machine reach it there too. Without one, loopback only.
+isolation = Isolation.from_env()
+workload_ip = os.environ.get("FERMI_WORKLOAD_IP", "") if isolation.containers else ""
+c.JupyterHub.hub_ip = workload_ip or "127.0.0.1"
+if workload_ip:
+    c.JupyterHub.hub_connect_ip = workload_ip
 c.JupyterHub.hub_port = ports["hub"]
 c.JupyterHub.db_url = f"sqlite:///{data / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = str(data / "jupyterhub_cookie_secret")
@@ -47,8 +56,10 @@ if admin_token:
     c.JupyterHub.api_tokens = {admin_token: "admin"}
 
 # -- dev environments ---------------------------------------------------------------------------
-# the one switch (FERMI_BACKEND, as for jobs and deployments): processes here, or pods through
-# KubeSpawner with the catalogue's profiles (docs/kubernetes.md)
+home_template = str(data / "users" / "{username}")  # a user's files, whichever spawner runs
+# the one switch (FERMI_BACKEND, as for jobs and deployments): pods through KubeSpawner with the
+# catalogue's profiles (docs/kubernetes.md); on one machine, containers of the engine `fermi up`
+# found (docs/dev-servers-in-containers.md), else processes here
 if os.environ.get("FERMI_BACKEND", "local").strip().lower() == "kubernetes":
     c.JupyterHub.spawner_class = "fermi_spawner.kubernetes.FermiKubeSpawner"
     c.KubeSpawner.namespace = os.environ.get("FERMI_NAMESPACE", "fermi")
@@ -58,9 +69,22 @@ if os.environ.get("FERMI_BACKEND", "local").strip().lower() == "kubernetes":
         c.KubeSpawner.hub_connect_url = os.environ["FERMI_HUB_CONNECT_URL"]
     c.KubeSpawner.environment = {"FERMI_API_URL": os.environ.get(
         "FERMI_CLUSTER_API_URL", f"http://127.0.0.1:{ports['service']}/services/fermi/api")}
+elif isolation.containers:
+    c.JupyterHub.spawner_class = "fermi_spawner.container.FermiDockerSpawner"
+    c.FermiDockerSpawner.cmd = ["jupyterhub-singleuser"]  # the image's, not this machine's Python
+    c.FermiDockerSpawner.engine_url = isolation.url
+    c.FermiDockerSpawner.host_home_template = home_template
+    # the control plane listens on the bridge's gateway too (control_plane/app.py)
+    c.FermiDockerSpawner.fermi_api_url = (
+        f"http://{workload_ip or '127.0.0.1'}:{ports['service']}/services/fermi/api")
+    # a server that ended by itself (out of memory) says so on the next visit of these pages
+    from fermi_spawner.container import ended_notices
+
+    c.JupyterHub.template_vars = {"announcement_home": ended_notices,
+                                  "announcement_spawn": ended_notices}
 else:
     c.JupyterHub.spawner_class = "fermi_spawner.local.FermiLocalSpawner"
-c.SimpleLocalProcessSpawner.home_dir_template = str(data / "users" / "{username}")
+c.SimpleLocalProcessSpawner.home_dir_template = home_template
 c.Spawner.default_url = "/lab"
 c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
 c.Spawner.http_timeout = 60
@@ -77,6 +101,7 @@ c.FermiLocalSpawner.fermi_api_url = f"http://127.0.0.1:{ports['service']}/servic
 platform_db_url = os.environ.get("FERMI_DB_URL") or f"sqlite:///{data / 'fermi.sqlite'}"
 c.FermiLocalSpawner.platform_db_url = platform_db_url
 c.FermiKubeSpawner.platform_db_url = platform_db_url
+c.FermiDockerSpawner.platform_db_url = platform_db_url
 # several dev environments per user (/user/NAME/SERVER), each with its own profile and image
 c.JupyterHub.allow_named_servers = True
 c.JupyterHub.named_server_limit_per_user = 5
@@ -84,9 +109,16 @@ c.JupyterHub.named_server_limit_per_user = 5
 # -- the platform's services: the control plane, the idle culler and the tracking server --------
 keep = {k: os.environ[k] for k in ("HOME", "PATH", "LANG", "LC_ALL", "FERMI_ADMIN_TOKEN",
                                     "FERMI_SERVICE_CONFIG", "FERMI_CATALOG", "FERMI_BACKEND",
-                                    "FERMI_DATASET_ROOTS", "FERMI_DATASET_CLAIMS")
+                                    "FERMI_DATASET_ROOTS", "FERMI_DATASET_CLAIMS",
+                                    # the isolation `fermi up` chose (containers/engine.py)
+                                    *ISOLATION_ENV)
         if k in os.environ}
 tracking_uri = f"http://127.0.0.1:{ports['tracking']}"
+# the control plane's tracking proxy signs who is calling with this; only the two services hold
+# it (fermi_extension/tracking/identity.py), and a new one each time the hub starts them
+import secrets  # noqa: E402
+
+tracking_secret = {"FERMI_TRACKING_SECRET": secrets.token_urlsafe(32)}
 c.JupyterHub.services = [
     {
         "name": "fermi",
@@ -97,6 +129,7 @@ c.JupyterHub.services = [
             **keep,
             "FERMI_DATA_DIR": str(data),
             "FERMI_TRACKING_URI": tracking_uri,
+            **tracking_secret,
             "FERMI_PUBLIC_URL": public_url,
             "FERMI_SERVING_PORT": os.environ["FERMI_SERVING_PORT"],
             "FERMI_SERVING_URL": os.environ["FERMI_SERVING_URL"],
@@ -119,7 +152,7 @@ c.JupyterHub.services = [
         "command": [sys.executable, "-m", "fermi_extension.tracking.server",
                     "--data-dir", str(data / "mlflow"), "--port", str(ports["tracking"])],
         # the platform database: who owns which model name (tracking/gate.py)
-        "environment": {**keep, "FERMI_DB_URL": platform_db_url},
+        "environment": {**keep, "FERMI_DB_URL": platform_db_url, **tracking_secret},
     },
 ]
 c.JupyterHub.load_roles = [

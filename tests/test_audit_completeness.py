@@ -164,6 +164,13 @@ def image_build(w: Walk):
             "dockerfile": "FROM python:3.11-slim\n", "name": "Built"}}, None, None)
 
 
+def image_pull(w: Walk):
+    # the suite's platform runs workloads as processes: a pull is refused (409, containers are
+    # off) and writes nothing (tests/containers/test_custom_images.py pulls for real)
+    return (w.admin, "POST", "catalog/images/python-local/pull", {"json": {"tag": "2025-06-30"}},
+            None, None)
+
+
 # (method, OpenAPI path) → how to call it validly; in walking order
 STEPS = [
     (("POST", "/catalog/pools"), catalog_item("pools", "pool", lambda w: {
@@ -182,6 +189,7 @@ STEPS = [
     (("DELETE", "/catalog/pools/{slug}"), catalog_change("pools", "pool", "DELETE")),
     (("PUT", "/catalog"), catalog_import),
     (("POST", "/catalog/builds"), image_build),
+    (("POST", "/catalog/images/{slug}/pull"), image_pull),
     (("POST", "/jobs"), job_submit),
     (("POST", "/jobs/{job_id}/cancel"), job_cancel),
     (("POST", "/jobs/{job_id}/retry"), job_retry),

@@ -1,4 +1,5 @@
-"""Custom images from a Dockerfile: a real builder or a clear refusal, never a pretend build."""
+"""Custom images from a Dockerfile: a real builder or a clear refusal, never a pretend build;
+pulls need the container engine (tests/containers/test_custom_images.py pulls for real)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,12 @@ def test_builds_are_for_admins_and_refused_clearly_without_a_builder(admin, alic
     assert response.status_code == 422
     assert "No image builder is installed" in response.json()["message"]
     assert admin.api("GET", "catalog/builds/anything").status_code == 404
+
+
+def test_pulling_an_image_without_a_container_engine_is_a_409_saying_why(admin, alice):
+    assert alice.api("POST", "catalog/images/python-local/pull",
+                     json={"tag": "1"}).status_code == 403
+    response = admin.api("POST", "catalog/images/python-local/pull", json={"tag": "1"})
+    assert response.status_code == 409, response.text
+    message = response.json()["message"]
+    assert "Containers are off" in message and "FERMI_CONTAINER_ENGINE=none" in message

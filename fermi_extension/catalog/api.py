@@ -5,7 +5,9 @@ which revision it applies to (``If-Match`` or a ``revision`` field), so that two
 overwrite each other unseen. Every change is a new revision with its history, and an audit
 event. The domain logic is ``catalog.editing.CatalogEditor``; these handlers only translate HTTP.
 
-/api/catalog/builds: custom images built from a Dockerfile (admins).
+/api/catalog/builds: custom images built from a Dockerfile (admins);
+/api/catalog/images/{slug}/pull: a tag of a custom image's reference pulled from its registry,
+checked and pinned (admins).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from .models import (
 )
 from .store import ItemMeta
 from ..errors import InvalidInput, NotFound
-from .builds import CreateBuild, DescribeBuild
+from .builds import CreateBuild, DescribeBuild, PulledImage, PullImage
 from ..control_plane.base import APIHandler, operation
 
 
@@ -278,10 +280,25 @@ def item_handlers(kind: str, out: type[BaseModel], update: type[BaseModel]) -> l
 
 
 class BuildsHandler(APIHandler):
-    @operation("Build an image from a Dockerfile with this machine's builder (422 where none is "
-               "installed)", request=CreateBuild, response=DescribeBuild, status=202, admin=True)
+    @operation("Build an image from a Dockerfile: with the container engine, the admin's package "
+               "settings as build arguments (PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, "
+               "PIP_TRUSTED_HOST, PIP_CERT=/fermi-ca.pem), the result checked and pinned as a "
+               "version of the catalogue image `slug`; else with this machine's builder (422 "
+               "where none is installed)", request=CreateBuild, response=DescribeBuild,
+               status=202, admin=True)
     def post(self):
         self.send(self.services.builds.start(self.caller, self.parse(CreateBuild)), 202)
+
+
+class ImagePullHandler(APIHandler):
+    @operation("Pull a tag of the image's reference through the container engine, check that "
+               "it has what dev servers and jobs need (jupyterhub-singleuser, papermill, "
+               "ipykernel, fermi-cluster), and pin it by the registry's digest as the image's "
+               "first version (admins). 422 naming what is missing (nothing is written); 404 "
+               "or 422 with the registry's message when the pull fails; 409 without an engine",
+               request=PullImage, response=PulledImage, admin=True)
+    async def post(self, slug: str):
+        self.send(await self.services.builds.pull(self.caller, slug, self.parse(PullImage)))
 
 
 class BuildHandler(APIHandler):
@@ -298,6 +315,7 @@ routes = [
     *item_handlers("images", ImageItem, ImageUpdate),
     *item_handlers("profiles", ProfileOut, ProfileUpdate),
     *item_handlers("pools", PoolItem, PoolUpdate),
+    ("/api/catalog/images/{slug}/pull", ImagePullHandler),
     ("/api/catalog/builds", BuildsHandler),
     ("/api/catalog/builds/{build_id}", BuildHandler),
 ]

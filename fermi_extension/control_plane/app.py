@@ -20,9 +20,10 @@ from traitlets import Enum, List, Type, Unicode, default
 from traitlets.config import Application
 
 from .. import __version__
-from ..catalog.builds import BuildService
-from ..catalog.store import CatalogStore, load_catalog_file
+from ..catalog.builds import BuildService, PackageSettings, pip_config
+from ..catalog.store import CatalogStore, load_catalog_file, seed_path
 from ..db import make_session_factory
+from ..containers.engine import Isolation
 from ..jobs.backend import JobBackend
 from ..jobs.notebook import warm_up as warm_up_notebook_validation
 from ..jobs.service import JobRunner, JobService
@@ -46,7 +47,7 @@ from ..quotas import api as quotas_api
 from ..registry import api as registry_api
 from ..usage import api as usage_api
 from ..workflows import api as workflows_api
-from . import admin_pages
+from . import admin_pages, tracking_proxy
 from . import alerts as alerts_api, dashboard
 from ..monitoring.hub_view import HubClient
 from ..monitoring.state import Monitor
@@ -55,7 +56,10 @@ from .pages import GuideHandler, HomeHandler
 from .images_page import ImagesPage
 from .openapi import HealthHandler, NoRouteHandler, OpenAPIHandler, build_openapi, tornado_pattern
 
-# the one switch (FermiService.backend / $FERMI_BACKEND) → the job and serving backends
+# the one switch (FermiService.backend / $FERMI_BACKEND) → the job and serving backends; on
+# one machine with a container engine (containers/engine.py) jobs and replicas run in containers
+CONTAINER_JOBS = "fermi_extension.backends.local.container_jobs.ContainerJobBackend"
+CONTAINER_SERVING = "fermi_extension.backends.local.container_serving.ContainerServingBackend"
 BACKENDS = {
     "local": ("fermi_extension.backends.local.jobs.LocalJobBackend",
               "fermi_extension.backends.local.serving.LocalServingBackend"),
@@ -123,7 +127,7 @@ class FermiService(Application):
 
     @default("catalog_seed")
     def _default_catalog_seed(self):
-        return os.environ.get("FERMI_CATALOG") or str(shipped("hub_config") / "catalog.yaml")
+        return seed_path()
 
     tracking_uri = Unicode(
         help="URL of the MLflow tracking server jobs report to (default: $FERMI_TRACKING_URI).",
@@ -150,22 +154,28 @@ class FermiService(Application):
 
     job_backend_class = Type(
         klass=JobBackend,
-        help="""Where training jobs run (default: from `backend`: LocalJobBackend or
+        help="""Where training jobs run (default: from `backend`: LocalJobBackend, or
+        ContainerJobBackend where `fermi up` found a container engine, or
         fermi_extension.backends.kubernetes.jobs.KubeJobBackend).""",
     ).tag(config=True)
 
     @default("job_backend_class")
     def _default_job_backend_class(self):
+        if self.backend == "local" and Isolation.from_env().containers:
+            return CONTAINER_JOBS
         return BACKENDS[self.backend][0]
 
     serving_backend_class = Type(
         klass=ServingBackend,
-        help="""Where inference services run (default: from `backend`: LocalServingBackend or
+        help="""Where inference services run (default: from `backend`: LocalServingBackend, or
+        ContainerServingBackend where `fermi up` found a container engine, or
         fermi_extension.backends.kubernetes.serving.KubeServingBackend).""",
     ).tag(config=True)
 
     @default("serving_backend_class")
     def _default_serving_backend_class(self):
+        if self.backend == "local" and Isolation.from_env().containers:
+            return CONTAINER_SERVING
         return BACKENDS[self.backend][1]
 
     serving_url = Unicode(
@@ -224,6 +234,47 @@ class FermiService(Application):
     def _default_dataset_claims(self):
         return dataset_claims_from_env()
 
+    package_index_url = Unicode(
+        help="""The package index image builds install from: the Dockerfile's build argument
+        PIP_INDEX_URL (declare it with `ARG PIP_INDEX_URL`). Default: this machine's pip setting
+        (`pip config list`, $PIP_INDEX_URL), else none (pip's own default, PyPI). Example:
+        "https://mirror.example.org/simple".""",
+    ).tag(config=True)
+
+    @default("package_index_url")
+    def _default_package_index_url(self):
+        return pip_config().get("index-url", "")
+
+    package_extra_index_urls = List(
+        Unicode(), help="""Further indexes for image builds (build argument PIP_EXTRA_INDEX_URL,
+        space-separated). Default: pip's extra-index-url here. Example:
+        ["https://download.pytorch.org/whl/cu121"].""",
+    ).tag(config=True)
+
+    @default("package_extra_index_urls")
+    def _default_package_extra_index_urls(self):
+        return pip_config().get("extra-index-url", "").split()
+
+    package_trusted_hosts = List(
+        Unicode(), help="""Index hosts image builds trust without TLS checks (build argument
+        PIP_TRUSTED_HOST). Default: pip's trusted-host here. Example: ["mirror.internal"].""",
+    ).tag(config=True)
+
+    @default("package_trusted_hosts")
+    def _default_package_trusted_hosts(self):
+        return pip_config().get("trusted-host", "").split()
+
+    package_ca_bundle = Unicode(
+        help="""A CA bundle file for the package index (a company CA): copied into every build
+        context as fermi-ca.pem, with build argument PIP_CERT=/fermi-ca.pem (a Dockerfile
+        copies it: `COPY fermi-ca.pem /fermi-ca.pem`). Default: pip's cert setting here
+        ($PIP_CERT), else none. Example: "/etc/ssl/certs/company-ca.pem".""",
+    ).tag(config=True)
+
+    @default("package_ca_bundle")
+    def _default_package_ca_bundle(self):
+        return pip_config().get("cert", "")
+
     config_file = Unicode(
         help="A traitlets config file (default: $FERMI_SERVICE_CONFIG, if set)."
     ).tag(config=True)
@@ -265,8 +316,11 @@ class FermiService(Application):
         warm_up_notebook_validation()
         quotas = QuotaService(self.session_factory)
         datasets = DatasetService(self.session_factory, self.dataset_policy)
+        # jobs reach MLflow through the tracking proxy with a token of their own; the control
+        # plane itself (tracker) keeps the direct URI
         runner = JobRunner(self.session_factory, catalog, job_backend, tracker, jobs_dir,
-                           tracking_uri=self.tracking_uri, quotas=quotas)
+                           tracking_uri=tracking_proxy.workload_tracking_uri(
+                               self.service_url, self.prefix), quotas=quotas)
         jobs = JobService(self.session_factory, catalog, job_backend, jobs_dir, wake=runner.wake,
                           quotas=quotas, datasets=datasets)
         registry = ModelRepository(self.session_factory, tracker)
@@ -285,12 +339,25 @@ class FermiService(Application):
             deployments=deployments, controller=controller,
             workflows=WorkflowService(self.session_factory, jobs, deployments),
             builds=BuildService(self.session_factory, Path(self.data_dir) / "builds",
-                                cluster_builder=self.cluster_builder()),
+                                cluster_builder=self.cluster_builder(),
+                                **self.image_settings()),
             usage=UsageService(self.session_factory),
             # one platform snapshot for metrics, dashboard, cost analysis and alerts
             monitor=Monitor(self.session_factory, catalog, deployments, hub), hub=hub,
             job_backend=job_backend, serving_backend=serving_backend, tracker=tracker,
         )
+
+    def image_settings(self) -> dict:
+        """Container mode's engine (builds and pulls) and the package settings builds use."""
+        from ..containers.runtime import platform_id
+
+        isolation = Isolation.from_env()
+        return {"engine_url": isolation.url if self.backend == "local" else "",
+                "isolation_reason": isolation.reason, "platform": platform_id(self.data_dir),
+                "packages": PackageSettings(self.package_index_url,
+                                            tuple(self.package_extra_index_urls),
+                                            tuple(self.package_trusted_hosts),
+                                            self.package_ca_bundle)}
 
     def cluster_builder(self):
         """On Kubernetes, image builds run as Kaniko Jobs; here, with a local builder."""
@@ -312,6 +379,8 @@ class FermiService(Application):
             (prefix + "/api(?:/.*)?", NoRouteHandler),  # after every route: a JSON 404
             (prefix + "/oauth_callback", HubOAuthCallbackHandler),
             (prefix + "/metrics", MetricsHandler),
+            *tracking_proxy.routes(prefix, tracking_uri=self.tracking_uri,
+                                   session_factory=self.session_factory, hub_auth=self.hub_auth),
             *admin_pages.page_routes(prefix),
             *alerts_api.page_routes(prefix),
             (prefix + "/images/?", ImagesPage),
@@ -343,6 +412,11 @@ class FermiService(Application):
         s.monitor.start()
         url = urlparse(self.service_url)
         self.http_server = self.make_app().listen(url.port, url.hostname, xheaders=True)
+        # dev servers in containers call the API at the bridge's gateway (hub_config's
+        # FERMI_API_URL); on loopback only without an engine
+        workload_ip = os.environ.get("FERMI_WORKLOAD_IP", "")
+        if workload_ip and workload_ip != url.hostname and Isolation.from_env().containers:
+            self.http_server.listen(url.port, workload_ip)
         self.log.info("Fermi control plane listening on %s%s", self.service_url, self.prefix)
 
     async def stop_services(self) -> None:

@@ -5,6 +5,10 @@ Rendered on the server from the catalogue (it works without JavaScript); a small
 searches, filters by framework, and builds the start link from the chosen profile and server
 name. The link opens the hub's spawn form with the image preselected (``/hub/spawn#image=…``):
 a fragment, because query arguments would start the server without showing the form.
+
+Admins also pull a tag of a custom image from its registry and build one from a Dockerfile
+here, following the build's log as the engine writes it (``catalog/builds.py``); in process
+mode the page says why that is off instead of offering buttons that would only fail.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from tornado import web
 
 from ..catalog.api import visible_profiles
 from ..catalog.schema import Image
+from ..containers.engine import Isolation
 from .pages import PageHandler
 
 
@@ -45,6 +50,10 @@ class ImagesPage(PageHandler):
     @web.authenticated
     def get(self):
         caller = self.caller
+        xsrf = None
+        if caller.admin:  # the pull and build buttons call the API with the XSRF token
+            xsrf = self.xsrf_token
+            xsrf = xsrf.decode() if isinstance(xsrf, bytes) else xsrf
         catalog, _meta = self.services.catalog.snapshot()
         images = [i for i in catalog.images if i.offered_to(caller)]
         images.sort(key=lambda i: (not i.featured, i.deprecated))
@@ -53,4 +62,5 @@ class ImagesPage(PageHandler):
             profiles=visible_profiles(self.settings, caller).profiles,
             default_profile=catalog.default_profile().slug,
             every_framework=sorted({f for i in images for f in frameworks(i)}),
-            frameworks=frameworks, start_link=start_link, search_text=search_text)
+            frameworks=frameworks, start_link=start_link, search_text=search_text,
+            admin=caller.admin, xsrf=xsrf, isolation=Isolation.from_env())

@@ -299,7 +299,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Build an image from a Dockerfile with this machine's builder (422 where none is installed) */
+        /** Build an image from a Dockerfile: with the container engine, the admin's package settings as build arguments (PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_TRUSTED_HOST, PIP_CERT=/fermi-ca.pem), the result checked and pinned as a version of the catalogue image `slug`; else with this machine's builder (422 where none is installed) */
         post: {
             parameters: {
                 query?: never;
@@ -882,6 +882,84 @@ export interface paths {
         };
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/catalog/images/{slug}/pull": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Pull a tag of the image's reference through the container engine, check that it has what dev servers and jobs need (jupyterhub-singleuser, papermill, ipykernel, fermi-cluster), and pin it by the registry's digest as the image's first version (admins). 422 naming what is missing (nothing is written); 404 or 422 with the registry's message when the pull fails; 409 without an engine */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    slug: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["PullImage"];
+                };
+            };
+            responses: {
+                /** @description OK */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["PulledImage"];
+                    };
+                };
+                /** @description Invalid input: the message says what to fix */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description No valid hub token or login */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Admins only */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Not found, or not yours */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
         delete?: never;
         options?: never;
         head?: never;
@@ -4437,6 +4515,7 @@ export interface components {
             failing_deployments: components["schemas"]["DeploymentOut"][];
             /** Failing Jobs */
             failing_jobs: components["schemas"]["JobOut"][];
+            isolation: components["schemas"]["IsolationOut"];
             /** Pools */
             pools: components["schemas"]["PoolOut"][];
             /** Usage */
@@ -5631,6 +5710,24 @@ export interface components {
              */
             version: string;
         };
+        /** IsolationOut */
+        IsolationOut: {
+            /**
+             * Engine
+             * @description e.g. podman 4.3.1; empty without containers
+             */
+            engine: string;
+            /**
+             * Mode
+             * @description containers | accounts (processes under per-user Unix accounts, as root without an engine) | processes (not isolated: a trusted single user)
+             */
+            mode: string;
+            /**
+             * Reason
+             * @description why workloads run as processes, when they do
+             */
+            reason: string;
+        };
         /** ItemDeleted */
         ItemDeleted: {
             /** Kind */
@@ -6421,6 +6518,42 @@ export interface components {
              * @default null
              */
             when?: components["schemas"]["Bar"] | null;
+        };
+        /** PullImage */
+        PullImage: {
+            /**
+             * Tag
+             * @description the tag of the image's reference to pull, e.g. 2025-06-30
+             */
+            tag: string;
+        };
+        /** PulledImage */
+        PulledImage: {
+            /** Architecture */
+            architecture: string;
+            /**
+             * Digest
+             * @description the registry's manifest digest, now pinned
+             */
+            digest: string;
+            /** Labels */
+            labels: {
+                [key: string]: string;
+            };
+            /**
+             * Reference
+             * @description repository@digest: what dev servers and jobs now run
+             */
+            reference: string;
+            /**
+             * Size
+             * @description bytes
+             */
+            size: number;
+            /** Slug */
+            slug: string;
+            /** Tag */
+            tag: string;
         };
         /** QuickCreate */
         QuickCreate: {

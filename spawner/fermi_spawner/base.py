@@ -260,6 +260,12 @@ class FermiSpawnerMixin(LoggingConfigurable):
                 **spec.env,
                 **{mount.env: mount.location for mount in spec.datasets},
             })
+        api = getattr(self, "fermi_api_url", "")
+        if api.endswith("/api") and env.get("JUPYTERHUB_API_TOKEN"):
+            # MLflow in the notebook reaches the tracking server the one way workloads may:
+            # through the control plane's proxy, as the user, with the server's own token
+            env["MLFLOW_TRACKING_URI"] = api[: -len("/api")] + "/tracking"
+            env["MLFLOW_TRACKING_TOKEN"] = env["JUPYTERHUB_API_TOKEN"]
         return env
 
     async def progress(self):

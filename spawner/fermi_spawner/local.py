@@ -6,31 +6,26 @@ import asyncio
 import os
 from pathlib import Path
 
-from jupyterhub.spawner import SimpleLocalProcessSpawner
-from traitlets import Dict, Float, List, Unicode, default
+from jupyterhub.spawner import LocalProcessSpawner, SimpleLocalProcessSpawner
+from traitlets import Bool, Dict, Float, Unicode, default
 
-from fermi_extension.backends.local.gpus import (
-    GpuAllocator,
-    NoGpuFree,
-    gpu_availability,
-    gpu_inventory,
-    server_holder,
-    visible_devices,
-)
-from fermi_extension.catalog.schema import Image, Pool, Profile, gpus, parse_memory_bytes
+from fermi_extension.backends.local.gpus import NoGpuFree, visible_devices
+from fermi_extension.catalog.schema import Image, parse_memory_bytes
+from fermi_extension.containers.engine import Isolation
+from fermi_extension.unix_accounts import account_env, ensure_account, hand_over
 
 from fermi_extension.datasets.service import link_datasets
 from .base import FermiSpawnerMixin, spawn_error
-from .options import ProfileView, Resolved
+from .gpus import MachineGpus
+from .options import Resolved
 
-_detected: list[int] | None = None
 
-
-class FermiLocalSpawner(FermiSpawnerMixin, SimpleLocalProcessSpawner):
+class FermiLocalSpawner(MachineGpus, FermiSpawnerMixin, SimpleLocalProcessSpawner):
     """A JupyterLab server per user, as a process of the platform's own Python environment.
 
-    Every user's server runs as the operating-system user that runs Fermi, in a home folder
-    of its own under the data dir: the embedded default trusts its users (see README). The
+    Every user's server runs in a home folder of its own under the data dir, as the
+    operating-system user that runs Fermi (the embedded default trusts its users, see README)
+    or, when Fermi runs as root, as the user's own Unix account (``unix_accounts``). The
     profile's CPU and memory are hints in the environment (``CPU_LIMIT``, ``MEM_LIMIT``, as
     JupyterHub sets them); its GPUs are real devices of this machine, handed out by the GPU
     allocator shared with training jobs and shown to the server as ``CUDA_VISIBLE_DEVICES``.
@@ -44,16 +39,6 @@ class FermiLocalSpawner(FermiSpawnerMixin, SimpleLocalProcessSpawner):
     @default("fermi_api_url")
     def _default_api_url(self):
         return os.environ.get("FERMI_INTERNAL_API_URL", "")
-
-    gpu_inventory = List(
-        Unicode(),
-        allow_none=True,
-        default_value=None,
-        help="""GPU names of this machine, by device index. None (default): read them from the
-        NVIDIA driver with nvidia-smi. Tests and machines without a driver give them here,
-        e.g. ["NVIDIA A100-SXM4-80GB", "NVIDIA A100-SXM4-80GB"]. Give the control plane the
-        same list (LocalJobBackend.gpu_inventory): dev servers and jobs share the GPUs.""",
-    ).tag(config=True)
 
     local_environments = Dict(
         value_trait=Unicode(),
@@ -71,51 +56,27 @@ class FermiLocalSpawner(FermiSpawnerMixin, SimpleLocalProcessSpawner):
         process is started, as JupyterHub's local spawners do. Default: 0.05.""",
     ).tag(config=True)
 
+    unix_accounts = Bool(
+        help="""Start each user's server under a Unix account of its own (fermi-NAME, made on
+        first use, its home the user's folder), with JupyterHub's LocalProcessSpawner user
+        switching. Needs root. Default: what `fermi up` chose ($FERMI_ISOLATION_MODE=accounts:
+        it runs as root with no container engine); False keeps every server under the
+        platform's account.""",
+    ).tag(config=True)
+
+    @default("unix_accounts")
+    def _default_unix_accounts(self):
+        return Isolation.from_env().accounts
+
     @default("args")
     def _default_args(self):
         return ["--allow-root"] if os.getuid() == 0 else []
-
-    # -- GPUs ------------------------------------------------------------------------------------
-
-    @property
-    def gpu_devices(self) -> list[int]:
-        global _detected
-        if self.gpu_inventory is not None:
-            return list(range(len(self.gpu_inventory)))
-        if _detected is None:  # nvidia-smi once per hub process
-            _detected = [gpu.index for gpu in gpu_inventory(None)]
-        return _detected
-
-    @property
-    def gpus(self) -> GpuAllocator:
-        return GpuAllocator(self.platform_sessions())
-
-    @property
-    def gpu_holder(self) -> str:
-        return server_holder(self.user.name, self.name)
-
-    def profile_check(self, profile: Profile, pool: Pool | None):
-        return gpu_availability(profile, len(self.gpu_devices))
 
     def image_check(self, image: Image):
         if image.local or image.slug in self.local_environments:
             return True, None
         return False, (f"Image {image.slug!r} is a container image ({image.reference}) and runs "
                        "on Kubernetes only; on this machine choose an image that runs locally.")
-
-    def profile_view(self, profile: Profile, pool: Pool | None) -> ProfileView:
-        view = super().profile_view(profile, pool)
-        if view.available and profile.gpu:
-            devices = self.gpu_devices
-            held = self.gpus.holders()
-            free = [d for d in devices if d not in held]
-            view.note = f"{len(free)} of {gpus(len(devices))} free now / 空闲"
-            if len(free) < profile.gpu:
-                view.available = False
-                view.reason = (f"all GPUs of this machine are in use right now ({len(free)} of "
-                               f"{len(devices)} free); stop a GPU dev environment or wait for a "
-                               "job to finish")
-        return view
 
     # -- one spawn -------------------------------------------------------------------------------
 
@@ -132,6 +93,10 @@ class FermiLocalSpawner(FermiSpawnerMixin, SimpleLocalProcessSpawner):
 
     async def start(self):
         resolved = await self.load_user_options()
+        self.fermi_account = None
+        if self.unix_accounts:
+            self.fermi_account = await asyncio.to_thread(ensure_account, self.user.name,
+                                                         Path(self.home_dir))
         holder = self.gpu_holder
         try:
             self.fermi_devices = self.gpus.allocate(holder, resolved.profile.gpu,
@@ -165,8 +130,22 @@ class FermiLocalSpawner(FermiSpawnerMixin, SimpleLocalProcessSpawner):
             writer.close()
             return
 
-    def release_devices(self) -> None:
-        self.gpus.release(self.gpu_holder)
+
+    # -- under the user's account ----------------------------------------------------------------
+
+    def make_preexec_fn(self, name):
+        account = getattr(self, "fermi_account", None)
+        if account is None:
+            return super().make_preexec_fn(name)
+        # JupyterHub's own switch (groups, group, user, then the home as working folder)
+        return LocalProcessSpawner.make_preexec_fn(self, account.pw_name)
+
+    def user_env(self, env):
+        env = super().user_env(env)
+        account = getattr(self, "fermi_account", None)
+        if account is not None:
+            env.update(account_env(account))
+        return env
 
     def get_env(self):
         env = super().get_env()
@@ -177,5 +156,9 @@ class FermiLocalSpawner(FermiSpawnerMixin, SimpleLocalProcessSpawner):
             env["CUDA_VISIBLE_DEVICES"] = visible_devices(getattr(self, "fermi_devices", []))
             # attached datasets appear at datasets/NAME in the home folder (as in a job's)
             env.update(link_datasets(Path(self.home_dir), self.fermi.spec.datasets))
+            account = getattr(self, "fermi_account", None)
+            links = Path(self.home_dir) / "datasets"
+            if account is not None and links.is_dir():  # made just now by root, for the user
+                hand_over(links, account)
         return env
 
