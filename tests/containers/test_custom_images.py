@@ -23,6 +23,7 @@ from fermi_extension.containers.engine import PodmanService, connect
 
 from ..platform import make_notebook, start_platform
 from ..test_restart import wait_until
+from .test_dev_servers import server_containers, start_server, stop_server
 from .test_jobs_in_containers import job_containers
 
 pytestmark = pytest.mark.hub
@@ -141,6 +142,19 @@ def run_job(user, image: str, body: str, engine_client, platform) -> tuple[dict,
     return user.wait(job["id"], timeout=180), seen
 
 
+def dev_server_image(platform, user, image: str, client) -> str:
+    """Start ``user``'s dev server from ``image`` (its lab answering through the proxy), stop
+    it; the image its container was made from."""
+    start_server(platform, user, {"profile": "cpu-small", "image": image})
+    try:
+        [container] = server_containers(client, platform, user.name)
+        lab = user.http.get(f"/user/{user.name}/lab", follow_redirects=True)
+        assert lab.status_code == 200, lab.text[:300]
+        return container.attrs["Config"]["Image"]
+    finally:
+        stop_server(platform, user)
+
+
 def test_a_pulled_image_is_pinned_by_the_registry_digest_and_runs_a_job(
         platform, client, registry, official_image):
     digest = push(client, official_image.reference, f"{registry}/team/python:1")
@@ -164,6 +178,9 @@ def test_a_pulled_image_is_pinned_by_the_registry_digest_and_runs_a_job(
                               client, platform)
     assert done["status"] == "succeeded", done
     assert made_from["image"] == f"{registry}/team/python@{digest}"
+    # and a dev server starts from the same pinned image
+    server = dev_server_image(platform, alice, "team-python", client)
+    assert server == f"{registry}/team/python@{digest}"
 
 
 def test_an_image_without_what_jobs_need_is_refused_naming_it_and_nothing_is_pinned(
@@ -244,6 +261,9 @@ def test_a_dockerfile_is_built_by_the_engine_with_the_package_settings_and_runs_
     assert made_from["id"] == client.images.get(f"localhost/team/built@{version['digest']}").id
     written = (platform.data / "jobs" / done["id"] / "work" / "built.txt").read_text()
     assert written.strip() == f"index={INDEX} cert=/fermi-ca.pem"
+    # and a dev server starts from the built image
+    server = dev_server_image(platform, alice, "team-built", client)
+    assert client.images.get(server).id == made_from["id"]
 
 
 def test_a_dockerfile_with_a_failing_step_ends_failed_with_the_builder_s_message(platform):
