@@ -106,8 +106,11 @@ class Platform:
     """One `fermi up` process on a free port with its own data dir."""
 
     def __init__(self, data: Path, port: int | None = None, admin_token: str | None = None,
-                 serving_port: int | None = None):
+                 serving_port: int | None = None, containers: bool = False):
         self.data = Path(data)
+        # False: workloads as host processes (FERMI_CONTAINER_ENGINE=none), whatever engine the
+        # machine has; True: what `fermi up` does by itself where podman is installed
+        self.containers = containers
         self.port = port or free_port()
         # the inference router's port (`fermi up --serving-port`); its default, port + 1, may be taken
         self.serving_port = serving_port or free_port()
@@ -127,6 +130,8 @@ class Platform:
             self.serving_port = free_port()
         self.output = []
         env = {**os.environ, "FERMI_ADMIN_TOKEN": self.admin_token}
+        if not self.containers:
+            env["FERMI_CONTAINER_ENGINE"] = "none"
         t0 = time.monotonic()
         self.process = subprocess.Popen(
             [FERMI, "up", "--data-dir", str(self.data), "--port", str(self.port),
@@ -786,3 +791,130 @@ def kill_if_alive(proc: "psutil.Process | subprocess.Popen | None", grace: float
     if isinstance(proc, subprocess.Popen):
         proc.poll()
     return bool(alive)
+
+
+# -- container mode (`Platform(..., containers=True)`) --------------------------------------------
+
+def engine_url(platform: "Platform") -> str | None:
+    """The Engine API URL the platform's workloads run on: podman's service on the socket in its
+    data dir (what `fermi up` starts where podman is installed), else the one its banner names
+    (``Isolation: containers (podman 4.3.1 at unix://...)``); None in process mode."""
+    import re
+
+    sock = platform.data / "containers" / "engine.sock"
+    if sock.exists():
+        return f"unix://{sock}"
+    for line in platform.output:
+        match = re.search(r"containers \(.+? at (\S+?)\)", line)
+        if match:
+            return match.group(1)
+    return None
+
+
+def engine_client(url: str, timeout: float = 120):
+    """A docker-py client of the engine at ``url`` (docker comes with dockerspawner)."""
+    import docker
+
+    return docker.DockerClient(base_url=url, timeout=timeout)
+
+
+def platform_label(platform: "Platform") -> str:
+    """The ``org.fermi.platform`` label value of this platform's containers (its data dir's id)."""
+    sys.path.insert(0, str(REPO))
+    from fermi_extension.containers.runtime import platform_id
+
+    return platform_id(str(platform.data))
+
+
+def platform_containers(client, platform: "Platform", **labels: str) -> list:
+    """This platform's running containers (``kind="warm"`` etc. narrows by ``org.fermi.*``)."""
+    wanted = {"org.fermi.platform": platform_label(platform),
+              **{f"org.fermi.{k}": v for k, v in labels.items()}}
+    return client.containers.list(filters={"label": [f"{k}={v}" for k, v in wanted.items()]})
+
+
+def network_gateway(client, platform: "Platform") -> str:
+    """The bridge's gateway address, as the platform's network anchor container sees it."""
+    container = client.containers.get(f"fermi-network-{platform_label(platform)}")
+    settings = container.attrs.get("NetworkSettings") or {}
+    gateway = settings.get("Gateway") or next(
+        (n.get("Gateway") for n in (settings.get("Networks") or {}).values() if n.get("Gateway")),
+        "")
+    if not gateway:
+        raise RuntimeError("the network anchor container has no gateway address")
+    return gateway
+
+
+def engine_service_process(platform: "Platform") -> psutil.Process | None:
+    """`podman system service` on the socket in the platform's data dir (started by `fermi up`),
+    found by that socket in its command line; None when the engine is not one of ours."""
+    sock = str(platform.data / "containers" / "engine.sock")
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info.get("cmdline") or [])
+        if "system service" in cmd and sock in cmd:
+            return proc
+    return None
+
+
+def _cgroup_memory_bytes(pid: int) -> int | None:
+    """The memory cgroup's usage of ``pid`` (v1 ``memory.usage_in_bytes`` or v2
+    ``memory.current``), page cache included; None when unreadable."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            candidate = Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.usage_in_bytes"
+        elif controllers == "":
+            candidate = Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.current"
+            if not candidate.exists():
+                candidate = Path("/sys/fs/cgroup/unified") / path.lstrip("/") / "memory.current"
+        else:
+            continue
+        try:
+            return int(candidate.read_text().strip())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def container_memory(container) -> dict:
+    """RSS / PSS / USS of one running container's processes (its init's pid from the engine and
+    every descendant) and of its conmon (the init's parent, podman's monitor; shown apart), plus
+    the memory cgroup's usage (which also counts page cache)."""
+    mb = 1024 * 1024
+    container.reload()
+    pid = int((container.attrs.get("State") or {}).get("Pid") or 0)
+    row = {"name": container.name, "kind": container.labels.get("org.fermi.kind", "?"),
+           "pid": pid, "processes": 0, "rss_mb": 0.0, "pss_mb": 0.0, "uss_mb": 0.0,
+           "conmon_rss_mb": None, "conmon_pss_mb": None, "cgroup_mb": None}
+    if not pid:
+        return row
+    try:
+        init = psutil.Process(pid)
+        family = [init] + init.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return row
+    for proc in family:
+        try:
+            full = proc.memory_full_info()
+        except psutil.Error:
+            continue
+        row["processes"] += 1
+        row["rss_mb"] += full.rss / mb
+        row["pss_mb"] += full.pss / mb
+        row["uss_mb"] += full.uss / mb
+    try:
+        parent = init.parent()
+        if parent is not None and "conmon" in parent.name():
+            full = parent.memory_full_info()
+            row["conmon_rss_mb"], row["conmon_pss_mb"] = round(full.rss / mb, 1), round(full.pss / mb, 1)
+    except psutil.Error:
+        pass
+    usage = _cgroup_memory_bytes(pid)
+    row["cgroup_mb"] = None if usage is None else round(usage / mb, 1)
+    for key in ("rss_mb", "pss_mb", "uss_mb"):
+        row[key] = round(row[key], 1)
+    return row

@@ -48,13 +48,19 @@ class Figure:
 # the order of benchmarks/README.md; the limits are its `timeout` values
 FIGURES = [
     Figure("p1", "p1_turnaround.py", "P1 job turnaround vs papermill", 900),
+    Figure("p1c", "p1_turnaround.py", "P1c job turnaround in containers vs papermill", 1500,
+           ["--containers"]),
     Figure("p2", "p2_load.py", "P2 concurrent submissions, list latency", 1200),
     Figure("m1", "m1_memory.py", "M1 platform memory", 900),
+    Figure("m1c", "m1_memory.py", "M1c platform memory in container mode", 900,
+           ["--containers"]),
     Figure("p3", "p3_throughput.py", "P3 serving throughput and added latency", 1500),
     Figure("p4", "p4_autoscale.py", "P4 autoscaling and canary", 900),
     Figure("r2", "r2_replica_kill.py", "R2 a replica killed under load", 600),
     Figure("m2", "m2_memory.py", "M2 replica and router memory", 1200),
     Figure("p5", "p5_spawn.py", "P5 login to JupyterLab vs bare JupyterHub", 900),
+    Figure("p5c", "p5_spawn.py", "P5c login to JupyterLab in a container vs bare DockerSpawner",
+           1200, ["--containers"]),
 ]
 
 
