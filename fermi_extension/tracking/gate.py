@@ -284,7 +284,8 @@ class RegistryGate:
         try:
             if who.grant is not None:
                 if len(parts) >= 3 and parts[1] == "models":
-                    rules.logged_model_of_run(parts[2])
+                    if rules.logged_model_of_run(parts[2], write=not read):
+                        return  # another run's model its owner may read (an evaluation job)
                 elif len(parts) < 2 or parts[1] != who.grant.run_id:
                     raise Refused(403, f"{who.describe()} reaches only its own run's "
                                   f"artifacts, not {where!r}")
@@ -295,12 +296,12 @@ class RegistryGate:
                 rules.experiment(parts[0], write=False, what=f"artifact path {where!r}")
             except Refused:
                 if not (read and len(parts) >= 3 and parts[1] == "models"
-                        and self.version_visible(who, parts[2])):
+                        and self.version_visible(who.caller, parts[2])):
                     raise
         except MlflowException:
             raise Refused(403, f"{where!r} is not among your artifacts") from None
 
-    def version_visible(self, who: TrackingCaller, model_id: str) -> bool:
+    def version_visible(self, caller: Caller, model_id: str) -> bool:
         """Whether a registered version the user may see was made from logged model
         ``model_id`` (the job that logged it recorded its versions, ``Job.models``)."""
         from mlflow.server.handlers import _get_model_registry_store, _get_tracking_store
@@ -312,7 +313,7 @@ class RegistryGate:
                 if run_id else None
             for version in (job.models or []) if job is not None else []:
                 row = session.get(RegisteredModel, version.get("name", ""))
-                if row is None or not can_see(who.caller, row):
+                if row is None or not can_see(caller, row):
                     continue
                 found = registry.get_model_version(row.name, str(version.get("version")))
                 # the registry names the logged model by id, or only in the version's source
@@ -394,9 +395,11 @@ class Rules:
         """The caller whose models a request reaches: the user, or a job's owner."""
         if self.who.grant is None:
             return self.who.caller
-        groups = self.session.scalars(select(GroupMember.group).where(
-            GroupMember.user == self.who.grant.owner))
-        return Caller(self.who.grant.owner, groups=tuple(groups))
+        query = select(GroupMember.group).where(GroupMember.user == self.who.grant.owner)
+        if self.session is None:  # an artifact request's check holds no session of its own
+            with self.gate.session_factory() as session:
+                return Caller(self.who.grant.owner, groups=tuple(session.scalars(query)))
+        return Caller(self.who.grant.owner, groups=tuple(self.session.scalars(query)))
 
     def model(self, name, *, write: bool) -> None:
         if not name:
@@ -412,11 +415,21 @@ class Rules:
                       + (" to change" if write and row is not None and can_see(owner, row) else
                          " (nor shared with your groups, or it does not exist)"))
 
-    def logged_model_of_run(self, model_id: str) -> None:
-        """A job's token reaches the models its run logged (MLflow 3's log_model)."""
+    def logged_model_of_run(self, model_id: str, *, write: bool) -> bool:
+        """A job's token reaches the models its run logged (MLflow 3's log_model), and reads
+        what its owner may read: a model logged in the owner's experiment, or behind a
+        registered version shared with the owner (an evaluation or batch-inference job loads
+        one). True when it reaches the model as its owner's reader, not as its run's."""
         model = self.store().get_logged_model(model_id)
-        if model.source_run_id != self.who.grant.run_id:
-            raise Refused(403, f"logged model {model_id} is not from this job's run")
+        if model.source_run_id == self.who.grant.run_id:
+            return False
+        if not write:
+            experiment = self.store().get_experiment(model.experiment_id)
+            if experiment_owner(experiment) == self.who.grant.owner or \
+                    self.gate.version_visible(self.owner_caller(), model_id):
+                return True
+        raise Refused(403, f"logged model {model_id} is not from this job's run"
+                      + ("" if write else ", nor one its owner may read"))
 
     # -- the rules ----------------------------------------------------------------------------
 
@@ -514,7 +527,7 @@ class Rules:
             return Decision()
         model_id = endpoint.split("/")[1]
         if self.who.grant is not None:
-            self.logged_model_of_run(model_id)
+            self.logged_model_of_run(model_id, write=method != "GET")
         else:
             self.experiment(self.store().get_logged_model(model_id).experiment_id,
                             write=method != "GET", what=f"logged model {model_id}")
