@@ -73,8 +73,8 @@ class ContainerJobBackend(EngineSettings, LocalJobBackend):
         1, help="""Containers kept started ahead of demand for each kind of CPU job (image,
         kernel, profile) that has run here or was warmed at start, each with its kernel ready;
         each serves one job and is replaced. They hold the profile's limits but use only what
-        an idle kernel and papermill use (~130 MB PSS each, measured by M1c). 0 turns the pool off (every job starts its own
-        container and kernel, ~3 s). GPU jobs and jobs with datasets always start their own:
+        an idle kernel and papermill use (~130 MB PSS each, measured by M1c). 0 turns the
+        pool off (every job starts its own container and kernel, ~3 s). GPU jobs and jobs with datasets always start their own:
         devices and mounts are fixed when a container is made.""",
     ).tag(config=True)
 
