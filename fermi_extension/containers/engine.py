@@ -214,6 +214,9 @@ class PodmanService:
             [shutil.which("podman") or "podman", "system", "service", "--time=0", self.url],
             env={**os.environ, **self.env()}, stdout=log, stderr=log,
             stdin=subprocess.DEVNULL, start_new_session=True,  # not stopped by the hub's Ctrl-C
+            # conmon, which it starts per container, drops an empty `oom` file in its working
+            # folder when a container is killed for memory: ours, not wherever `fermi up` ran
+            cwd=self.folder,
         )
         self.state.write_text(json.dumps({"pid": process.pid, "started": identity(process.pid)}))
         deadline = time.monotonic() + timeout
