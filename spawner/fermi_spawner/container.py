@@ -32,7 +32,6 @@ from docker.errors import APIError, NotFound
 from dockerspawner import DockerSpawner
 from traitlets import Int, Unicode, default
 
-from fermi_extension.backends.local.gpus import NoGpuFree
 from fermi_extension.catalog.access import out_of_memory
 from fermi_extension.catalog.schema import Image
 from fermi_extension.containers.settings import EngineSettings
@@ -233,12 +232,7 @@ class FermiDockerSpawner(MachineGpus, FermiSpawnerMixin, EngineSettings, DockerS
         self.state_notice = None  # a new start: the last one's ending is old news
         self.host_home.mkdir(parents=True, exist_ok=True)
         link_datasets(self.host_home, self.fermi.spec.datasets)  # links to the container's paths
-        holder = self.gpu_holder
-        try:
-            self.fermi_devices = self.gpus.allocate(holder, resolved.profile.gpu,
-                                                    self.gpu_devices)
-        except NoGpuFree as error:
-            raise spawn_error(409, error.message) from None
+        holder = self.claim_gpus(resolved.profile.gpu)
         try:
             url = await super().start()
         except BaseException:

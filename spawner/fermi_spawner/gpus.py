@@ -9,12 +9,14 @@ from traitlets.config import Configurable
 
 from fermi_extension.backends.local.gpus import (
     GpuAllocator,
+    NoGpuFree,
     gpu_availability,
     gpu_inventory,
     server_holder,
 )
 from fermi_extension.catalog.schema import Pool, Profile, gpus
 
+from .base import spawn_error
 from .options import ProfileView
 
 _detected: list[int] | None = None
@@ -50,6 +52,16 @@ class MachineGpus(Configurable):
     @property
     def gpu_holder(self) -> str:
         return server_holder(self.user.name, self.name)
+
+    def claim_gpus(self, count: int) -> str:
+        """Take ``count`` of the machine's GPUs for this server (``self.fermi_devices``) before
+        it starts; 409 naming why while none is free. Returns the allocator's holder."""
+        holder = self.gpu_holder
+        try:
+            self.fermi_devices = self.gpus.allocate(holder, count, self.gpu_devices)
+        except NoGpuFree as error:
+            raise spawn_error(409, error.message) from None
+        return holder
 
     def profile_check(self, profile: Profile, pool: Pool | None):
         return gpu_availability(profile, len(self.gpu_devices))

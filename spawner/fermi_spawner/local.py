@@ -9,13 +9,13 @@ from pathlib import Path
 from jupyterhub.spawner import LocalProcessSpawner, SimpleLocalProcessSpawner
 from traitlets import Bool, Dict, Float, Unicode, default
 
-from fermi_extension.backends.local.gpus import NoGpuFree, visible_devices
+from fermi_extension.backends.local.gpus import visible_devices
 from fermi_extension.catalog.schema import Image, parse_memory_bytes
 from fermi_extension.containers.engine import Isolation
 from fermi_extension.unix_accounts import account_env, ensure_account, hand_over
 
 from fermi_extension.datasets.service import link_datasets
-from .base import FermiSpawnerMixin, spawn_error
+from .base import FermiSpawnerMixin
 from .gpus import MachineGpus
 from .options import Resolved
 
@@ -97,12 +97,7 @@ class FermiLocalSpawner(MachineGpus, FermiSpawnerMixin, SimpleLocalProcessSpawne
         if self.unix_accounts:
             self.fermi_account = await asyncio.to_thread(ensure_account, self.user.name,
                                                          Path(self.home_dir))
-        holder = self.gpu_holder
-        try:
-            self.fermi_devices = self.gpus.allocate(holder, resolved.profile.gpu,
-                                                    self.gpu_devices)
-        except NoGpuFree as error:
-            raise spawn_error(409, error.message) from None
+        holder = self.claim_gpus(resolved.profile.gpu)
         try:
             url = await super().start()
         except BaseException:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,19 +37,36 @@ CACHE = Path(os.environ.get("FERMI_TEST_CACHE", Path.home() / ".cache" / "fermi-
 def engine(tmp_path_factory):
     if not shutil.which("podman"):
         pytest.skip("podman is not installed (make test installs it from Debian's packages)")
-    service = PodmanService(tmp_path_factory.mktemp("engine"))
-    name = service.start()
-    if not name:
+    with running_engine(tmp_path_factory.mktemp("engine")) as service:
+        yield service
+
+
+@contextmanager
+def running_engine(folder: Path, **settings):
+    """podman's Engine API service in ``folder`` (``PodmanService(folder, **settings)``), as
+    `fermi up` starts it, stopped afterwards."""
+    service = PodmanService(folder, **settings)
+    if not service.start():
         pytest.fail(f"podman system service did not start: {service.folder / 'engine.log'}")
-    yield service
-    service.stop()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@contextmanager
+def engine_connection(service):
+    client = connect(service.url, timeout=1800)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")
 def engine_client(engine):
-    client = connect(engine.url, timeout=1800)
-    yield client
-    client.close()
+    with engine_connection(engine) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 

@@ -19,10 +19,11 @@ import time
 import httpx
 import pytest
 
-from fermi_extension.containers.engine import PodmanService, connect
+from fermi_extension.containers.engine import PodmanService
 
 from ..platform import make_notebook, start_platform
 from ..test_restart import wait_until
+from .conftest import engine_connection, running_engine
 from .test_dev_servers import server_containers, start_server, stop_server
 from .test_jobs_in_containers import job_containers
 
@@ -71,20 +72,15 @@ def _answers(url: str) -> bool:
 
 @pytest.fixture(scope="module")
 def registry_engine(tmp_path_factory, registry, engine):
-    service = PodmanService(tmp_path_factory.mktemp("registry-engine"),
-                            insecure_registries=[registry])
-    name = service.start()
-    if not name:
-        pytest.fail(f"podman system service did not start: {service.folder / 'engine.log'}")
-    yield service
-    service.stop()
+    with running_engine(tmp_path_factory.mktemp("registry-engine"),
+                        insecure_registries=[registry]) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
 def client(registry_engine):
-    client = connect(registry_engine.url, timeout=1800)
-    yield client
-    client.close()
+    with engine_connection(registry_engine) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
