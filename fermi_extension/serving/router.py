@@ -7,12 +7,23 @@ what exists through a routes file that it rewrites atomically; the router polls 
 bad file is logged and the last good table kept. The control plane starts it so (keep stable)::
 
     python -m fermi_extension.serving.router --port PUBLIC_PORT --host HOST --routes ROUTES_JSON \\
-        --admin-port ADMIN_PORT --admin-token-file FILE [--hub-api-url URL] \\
+        --admin-port ADMIN_PORT [--admin-host HOST] --admin-token-file FILE [--hub-api-url URL] \\
         [--head-timeout S] [--body-timeout S]
 
 Routes file: ``{"generation": N, "deployments": {NAME: {"owner", "admins_allowed", "key_hashes":
-[sha256 hex of API keys], "revisions": [{"name", "traffic_percent", "replicas": [{"id", "url":
-"http://127.0.0.1:PORT", "state": "ready" | "draining" | other}]}]}}}``; other fields are ignored.
+[sha256 hex of API keys], "revisions": [{"name", "traffic_percent", "replicas": [{"id", "url",
+"state": "ready" | "draining" | other}]}]}}}``; other fields are ignored. A replica's ``url`` is
+``http://HOST:PORT`` (a local process: ``http://127.0.0.1:PORT``, a Kubernetes Service with the
+port it declares) or ``http://HOST`` (port 80: a Service such as KServe's ``NAME-predictor``).
+
+One way to hand the router its table, on both backends: a file. The embedded default writes it
+(``backends/local/serving.py``); on Kubernetes the control plane writes the ConfigMap
+``fermi-routes``, which the chart mounts at ``/etc/fermi/routes``, and the kubelet updates the
+mounted file by swapping a symlink (``routes.json -> ..data/routes.json``, ``..data ->
+..TIMESTAMP/``, the folder replaced whole). Polling ``os.stat`` of the path follows those links,
+so either way the router sees a new file (a new inode) and nothing else is needed: no admin
+write API to secure, no push that can be lost while the router restarts (a restarted router
+reads the current file).
 
 Public side: ``/{deployment}/{rest}`` goes to a replica as ``/{rest}`` (query, body and headers
 kept, minus hop-by-hop ones, ``Authorization`` and ``X-API-Key``; the answer is streamed back).
@@ -28,7 +39,9 @@ cannot be connected to is skipped (up to 3 tries), a request that reached one is
 Malformed requests get 400/408/413/431 from the HTTP layer (``serving.http``) and never reach a
 replica.
 
-Admin side, on 127.0.0.1 with ``Authorization: token <admin token>``: ``GET /healthz``
+Admin side, on ``--admin-host`` (127.0.0.1 unless told: the chart passes 0.0.0.0 so that the
+control plane reaches it at the router's Service), with ``Authorization: token <admin token>``
+(read from ``--admin-token-file``, on Kubernetes the Secret ``fermi-router-token``): ``GET /healthz``
 (``{"ok", "generation", "replica_keys": true, "readiness": true}``; the last two say this router
 sends replica keys and reports readiness in ``/stats``) and ``GET /stats``: ``generation`` (of the
 table it routes by now), ``readiness: true``, and per deployment ``ready`` (whether a request now would be routed to
@@ -111,6 +124,24 @@ def answer(status: int, doc: dict, *extra) -> tuple:
 # -- the routing table -----------------------------------------------------------------------------
 
 
+def replica_address(replica_id: str, url: str) -> tuple[str, int]:
+    """(host, port) of a replica's url: ``http://HOST:PORT``, or ``http://HOST`` for port 80 (a
+    Kubernetes Service's URL names no port when the Service declares 80)."""
+    wrong = (f"replica {replica_id!r}: url must be http://HOST or http://HOST:PORT (no path, "
+             f"query or credentials), not {url!r}")
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or parts.username is not None \
+            or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise RoutesError(wrong)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        raise RoutesError(wrong) from None
+    if port == 0:
+        raise RoutesError(wrong)
+    return parts.hostname, port or 80
+
+
 class Replica:
     """One model-server process; kept across table reloads (by id and url) with its counters and
     its pool of idle keep-alive connections."""
@@ -119,16 +150,15 @@ class Replica:
                  "errors", "down_until")
 
     def __init__(self, replica_id: str, url: str, master: str = ""):
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname or not parts.port:
-            raise RoutesError(f"replica {replica_id!r}: url must be http://HOST:PORT, not {url!r}")
+        host, port = replica_address(replica_id, url)
         self.id = replica_id
         self.url = url
-        self.upstream = Upstream(parts.hostname, parts.port, max_idle=UPSTREAM_MAX_IDLE,
+        self.upstream = Upstream(host, port, max_idle=UPSTREAM_MAX_IDLE,
                                  idle_timeout=UPSTREAM_IDLE_TIMEOUT, connect_timeout=CONNECT_TIMEOUT)
         # spliced into every request head after "Host: ": with the replica's key in it, the key
-        # costs nothing per request
-        self.host_header = parts.netloc.encode("latin-1")
+        # costs nothing per request. The key is of the url exactly as the routes file spells it:
+        # the control plane derived the replica's own key from that same string.
+        self.host_header = urlsplit(url).netloc.encode("latin-1")
         if master:
             self.host_header += b"\r\nAuthorization: Bearer " + replica_key(master, url).encode()
         self.state = "ready"
@@ -453,7 +483,9 @@ class Router:
                             self.routes_path, e.strerror)
                 self._routes_stat = "missing"
             return False
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        # os.stat follows the kubelet's symlinks to the file they point at now; its device and
+        # inode change when the ConfigMap's folder is swapped, even if size and mtime do not
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
         if key == self._routes_stat:
             return False
         self._routes_stat = key
@@ -633,17 +665,17 @@ class Router:
 
     # -- running -------------------------------------------------------------------------------
 
-    async def run(self, host: str, port: int, admin_port: int) -> int:
+    async def run(self, host: str, port: int, admin_port: int, admin_host: str = "127.0.0.1") -> int:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         self.load_routes()
         await self.public.listen(host, port)
-        await self.admin.listen("127.0.0.1", admin_port, backlog=128)
+        await self.admin.listen(admin_host, admin_port, backlog=128)
         tasks = [asyncio.ensure_future(self.watch_routes()), asyncio.ensure_future(self.sweep())]
-        log.info("Router listening on %s:%d (admin on 127.0.0.1:%d), routes from %s",
-                 host, port, admin_port, self.routes_path)
+        log.info("Router listening on %s:%d (admin on %s:%d), routes from %s",
+                 host, port, admin_host, admin_port, self.routes_path)
         await stop.wait()
 
         log.info("Stopping: no new connections; waiting up to %.0f s for requests in flight", SHUTDOWN_GRACE)
@@ -811,7 +843,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, required=True, help="public port")
     parser.add_argument("--host", default="127.0.0.1", help="public address (default 127.0.0.1)")
     parser.add_argument("--routes", required=True, help="routes JSON file written by the control plane")
-    parser.add_argument("--admin-port", type=int, required=True, help="admin API port on 127.0.0.1")
+    parser.add_argument("--admin-port", type=int, required=True, help="admin API port")
+    parser.add_argument("--admin-host", default="127.0.0.1",
+                        help="admin API address (default 127.0.0.1; in a pod 0.0.0.0, so that the "
+                             "control plane reaches it through the router's Service: every "
+                             "admin request needs the admin token)")
     parser.add_argument("--admin-token-file", required=True, help="file holding the admin API token")
     parser.add_argument("--hub-api-url", default="",
                         help="JupyterHub API URL for token checks (default: $JUPYTERHUB_API_URL)")
@@ -855,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
         uvloop = None
     runner = uvloop.run if uvloop is not None else asyncio.run
     try:
-        return runner(router.run(args.host, args.port, args.admin_port))
+        return runner(router.run(args.host, args.port, args.admin_port, args.admin_host))
     except OSError as e:
         log.error("Cannot listen: %s", e)
         return 1

@@ -299,9 +299,19 @@ def test_each_replica_is_sent_the_key_of_its_own_url_in_the_head():
     assert parse_routes(doc).replicas["a"].host_header == b"127.0.0.1:1001"  # no master, no key
 
 
-def test_replica_urls_must_be_plain_http():
-    with pytest.raises(RoutesError):
-        Replica("a", "http://127.0.0.1")
+def test_replica_urls_as_kubernetes_gives_them_and_nothing_else():
+    """A Service URL without a port is port 80 (KServe's NAME-predictor); with one, that port.
+    The key sent is of the url as written, the string the control plane derived it from."""
+    bare = Replica("a", "http://wine-v1-predictor.fermi.svc.cluster.local", "m")
+    assert (bare.upstream.host, bare.upstream.port) == ("wine-v1-predictor.fermi.svc.cluster.local", 80)
+    assert bare.host_header.endswith(
+        replica_key("m", "http://wine-v1-predictor.fermi.svc.cluster.local").encode())
+    declared = Replica("b", "http://wine-v1.fermi.svc.cluster.local:8080")
+    assert declared.upstream.port == 8080
+    for bad in ("ftp://x:1", "http://h/path", "http://h:99999", "http://u:p@h:1", "http://h:1?q",
+                "http://:80", "h:80"):
+        with pytest.raises(RoutesError, match="http://HOST or http://HOST:PORT"):
+            Replica("a", bad)
 
 
 # -- authentication --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from ... import __version__
 from ...catalog.schema import Catalog
 from ...jobs.entry import JobSpec, entry_command
 from ...spec import RuntimeSpec
@@ -18,7 +19,13 @@ from ...spec import RuntimeSpec
 MANAGED_BY = {"app.kubernetes.io/managed-by": "fermi"}
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 JOBS_MOUNT = "/fermi/jobs"
-MODELS_MOUNT = "/mnt/models"
+MODELS_MOUNT = "/mnt/models"  # where KServe's storage initializer puts a model, and so do we
+# The model server's port, which a revision's Service also declares (port = targetPort): its URL
+# then names the same port whether the name resolves to the Service or straight to a pod.
+MODEL_SERVER_PORT = 8080
+MODEL_URI_PREFIX = "models:/"  # a registered model version, as ServingRevision.storage_uri
+# the storage initializer, given ``URI FOLDER`` as its arguments (ours and KServe's alike)
+FETCH_COMMAND = ["python", "-m", "fermi_extension.serving.fetch"]
 
 
 def label_value(text: str) -> str:
@@ -53,7 +60,8 @@ class Cluster:
     # whatever the spec it is built from says
     dataset_claims: tuple[str, ...] = ()
     use_kueue: bool = True
-    serving_image: str = "quay.io/fermi/model-server:0.1"  # an image with Fermi installed
+    # images/model-server (`fermi images build`); `fermi images push` overlays a digest
+    serving_image: str = f"fermi/model-server:{__version__}"
     vllm_image: str = "vllm/vllm-openai:v0.11.0"
 
 
@@ -289,7 +297,7 @@ class ServingRevision:
     model: str
     version: str
     revision: str  # r1, r2, …
-    storage_uri: str  # where the model version's files are (s3://…, pvc://…)
+    storage_uri: str  # the model version (models:/NAME/VERSION), fetched by serving.fetch
     engine: str = "auto"
 
 
@@ -303,25 +311,27 @@ def _server_container(rev: ServingRevision, runtime: RuntimeSpec, cluster: Clust
     if rev.engine == "vllm":
         container = {
             "name": "model-server", "image": cluster.vllm_image,
-            "args": ["--model", MODELS_MOUNT, "--served-model-name", rev.model, "--port", "8080"],
+            "args": ["--model", MODELS_MOUNT, "--served-model-name", rev.model,
+                     "--port", str(MODEL_SERVER_PORT)],
             # a large model takes minutes to load: readiness waits, liveness does not kill it
-            "startupProbe": {"httpGet": {"path": "/health", "port": 8080},
+            "startupProbe": {"httpGet": {"path": "/health", "port": MODEL_SERVER_PORT},
                              "periodSeconds": 10, "failureThreshold": 90},
-            "readinessProbe": {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 5},
+            "readinessProbe": {"httpGet": {"path": "/health", "port": MODEL_SERVER_PORT},
+                               "periodSeconds": 5},
         }
     else:
         container = {
             "name": "model-server", "image": cluster.serving_image,
             "args": ["python", "-m", "fermi_extension.serving.server", "--model-dir", MODELS_MOUNT,
                      "--model-name", rev.model, "--model-version", rev.version,
-                     "--host", "0.0.0.0", "--port", "8080"],
-            "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": 8080},
+                     "--host", "0.0.0.0", "--port", str(MODEL_SERVER_PORT)],
+            "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": MODEL_SERVER_PORT},
                                "periodSeconds": 2},
-            "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": 8080},
+            "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": MODEL_SERVER_PORT},
                               "periodSeconds": 10, "failureThreshold": 3},
         }
     container.update({
-        "ports": [{"name": "http", "containerPort": 8080}],
+        "ports": [{"name": "http", "containerPort": MODEL_SERVER_PORT}],
         "resources": resources(runtime),
         "env": _env(runtime.env) if runtime.env else [],
     })
@@ -345,7 +355,7 @@ def make_serving_objects(rev: ServingRevision, runtime: RuntimeSpec, cluster: Cl
                                  *shm_mounts]
     init = {  # the storage initializer: copies the model version's files before the server starts
         "name": "fetch-model", "image": cluster.serving_image,
-        "args": ["python", "-m", "fermi_extension.serving.fetch", rev.storage_uri, MODELS_MOUNT],
+        "command": list(FETCH_COMMAND), "args": [rev.storage_uri, MODELS_MOUNT],  # as KServe runs it
         "env": _env({"MLFLOW_TRACKING_URI": cluster.tracking_uri}),
         "volumeMounts": [{"name": "model", "mountPath": MODELS_MOUNT}],
     }
@@ -366,7 +376,8 @@ def make_serving_objects(rev: ServingRevision, runtime: RuntimeSpec, cluster: Cl
                                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                   "template": {"metadata": {"labels": labels}, "spec": pod}}},
         {"apiVersion": "v1", "kind": "Service", "metadata": metadata,
-         "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
+         "spec": {"selector": selector, "ports": [{"name": "http", "port": MODEL_SERVER_PORT,
+                                                   "targetPort": MODEL_SERVER_PORT}]}},
         {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": metadata,
          "spec": {
              "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
@@ -380,6 +391,18 @@ def make_serving_objects(rev: ServingRevision, runtime: RuntimeSpec, cluster: Cl
         {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": metadata,
          "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}}},
     ]
+
+
+def service_url(service: str, namespace: str, port: int = 80) -> str:
+    """The in-cluster URL of a Service, as the router is handed it: no port when the Service
+    declares 80 (KServe's ``NAME-predictor``), else the one it declares."""
+    suffix = "" if port == 80 else f":{port}"
+    return f"http://{service}.{namespace}.svc.cluster.local{suffix}"
+
+
+def revision_url(name: str, namespace: str) -> str:
+    """The URL of the Service of ``make_serving_objects`` named ``name``."""
+    return service_url(name, namespace, MODEL_SERVER_PORT)
 
 
 def _quantity(value: float) -> str:
@@ -421,6 +444,33 @@ def make_inference_service(stable: ServingRevision, runtime: RuntimeSpec, cluste
                      "labels": _serving_labels(current),
                      "annotations": {"serving.kserve.io/deploymentMode": "RawDeployment"}},
         "spec": {"predictor": predictor},
+    }
+
+
+def make_cluster_storage_container(cluster: Cluster, name: str = "fermi-models") -> dict:
+    """A KServe ClusterStorageContainer (serving.kserve.io/v1alpha1) that fetches ``models:/``
+    URIs, the ``storageUri`` of ``make_inference_service``: KServe has no storage initializer of
+    its own for MLflow's registry. KServe injects the init container ``storage-initializer`` with
+    the arguments ``URI /mnt/models`` and merges this container into it (strategic merge: our
+    fields win, so no ``args`` here, or they would replace KServe's); ``serving.fetch`` takes
+    exactly those arguments and finds the tracking server in ``MLFLOW_TRACKING_URI``."""
+    return {
+        "apiVersion": "serving.kserve.io/v1alpha1", "kind": "ClusterStorageContainer",
+        "metadata": {"name": name, "labels": dict(MANAGED_BY)},
+        "spec": {
+            "container": {
+                "name": "storage-initializer",  # KServe recognises its init container by name
+                "image": cluster.serving_image,
+                "command": list(FETCH_COMMAND),
+                "env": _env({"MLFLOW_TRACKING_URI": cluster.tracking_uri}),
+                "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                              "limits": {"cpu": "1", "memory": "1Gi"}},
+                "securityContext": {"runAsNonRoot": True, "runAsUser": 1000,
+                                    "allowPrivilegeEscalation": False},
+            },
+            "supportedUriFormats": [{"prefix": MODEL_URI_PREFIX}],
+            "workloadType": "initContainer",
+        },
     }
 
 

@@ -47,6 +47,8 @@ from .objects import (
     dns_name,
     make_inference_service,
     make_serving_objects,
+    revision_url,
+    service_url,
 )
 from .settings import KubernetesSettings
 from .watch import Informer
@@ -157,8 +159,12 @@ class KubeServingBackend(KubernetesSettings, ServingBackend):
                                "vllm" if launch.engine == "vllm" else "auto")
 
     def _url(self, name: str) -> str:
-        service = f"{name}-predictor" if self.kserve else name  # KServe's raw-mode Service
-        return f"http://{service}.{self.namespace}.svc.cluster.local"
+        """The URL the router is handed, and the replica key is derived from: the revision's
+        Service with the port it declares, or KServe's raw-mode ``NAME-predictor`` Service,
+        which declares 80 (no port in the URL)."""
+        if self.kserve:
+            return service_url(f"{name}-predictor", self.namespace)
+        return revision_url(name, self.namespace)
 
     async def start_replica(self, launch: ReplicaLaunch) -> ReplicaHandle:
         name = self._workload_name(launch)
@@ -189,6 +195,8 @@ class KubeServingBackend(KubernetesSettings, ServingBackend):
                                        target_concurrency=1)
         # the control plane's autoscaler sets the replicas; an HPA would fight it
         objects = [o for o in objects if o["kind"] != "HorizontalPodAutoscaler"]
+        for obj in objects:  # the slot name, which _url names the Service by, whatever its length
+            obj["metadata"] = {**obj["metadata"], "name": name}
         objects[0]["metadata"]["annotations"] = annotations
         self._require_key(objects[0], self._url(name), revision.engine)
         return objects
