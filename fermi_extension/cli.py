@@ -50,11 +50,11 @@ def cmd_images_build(args) -> int:
     """Build official images with this machine's engine and pin their digests in the
     catalogue of the data dir (when it has a platform database)."""
     from .containers.engine import connect, find_engine
-    from .containers.images import OFFICIAL, BuildFailed, build_official, record
+    from .containers.images import OFFICIAL, PLATFORM, BuildFailed, build_official, record
     from .db import make_session_factory, platform_db_url
 
     data = Path(args.data_dir).resolve()
-    names = args.names or ["python"]
+    names = args.names or list(PLATFORM)
     unknown = [n for n in names if n not in OFFICIAL]
     if unknown:
         print(f"Error: no official image {', '.join(unknown)}; there are: {', '.join(OFFICIAL)}",
@@ -68,8 +68,11 @@ def cmd_images_build(args) -> int:
     client = connect(isolation.url, timeout=1800)
     try:
         for name in names:
-            built = build_official(client, name, data / "containers" / "cache", base=args.base)
-            if (data / "fermi.sqlite").exists() or args.db_url:
+            # --base replaces the base of the catalogue's images; the platform images are
+            # layers on the python image whatever base that one had
+            base = args.base if OFFICIAL[name].slug else None
+            built = build_official(client, name, data / "containers" / "cache", base=base)
+            if built.slug and ((data / "fermi.sqlite").exists() or args.db_url):
                 record(make_session_factory(args.db_url or platform_db_url(data)), built)
                 print(f"Pinned {built.reference} as version {built.tag} of catalogue image "
                       f"{built.slug!r}.")
@@ -421,7 +424,8 @@ def parser() -> argparse.ArgumentParser:
         dest="action", required=True)
     build = images.add_parser("build", help="build official images from images/NAME/Dockerfile "
                               "with this machine's container engine and pin their digests")
-    build.add_argument("names", nargs="*", metavar="NAME", help="python (default), pytorch")
+    build.add_argument("names", nargs="*", metavar="NAME", help="python, hub, router, model-server (the default: all four), pytorch "
+                       "(only when named: it is big)")
     build.add_argument("--base", help="base image (default: one made from Debian's packages)")
     build.add_argument("--data-dir", default="fermi-data",
                        help="the platform's data dir, whose catalogue records the digests "

@@ -41,7 +41,7 @@ PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x8
 @dataclass(frozen=True)
 class Official:
     name: str  # the folder under images/
-    slug: str  # the catalogue image it is a version of
+    slug: str | None  # the catalogue image it is a version of (None: a platform image)
     repository: str
     base: str  # the default BASE build argument
     packages: tuple[str, ...]  # what the wheel folder must hold ("fermi" = this Fermi's wheel)
@@ -52,13 +52,22 @@ OFFICIAL = {
     "python": Official("python", "python-local", "localhost/fermi/python", BASE, ("fermi",)),
     "pytorch": Official("pytorch", "pytorch", "localhost/fermi/pytorch",
                         "localhost/fermi/python:latest", ("torch",)),
+    # the platform's own images: thin layers on the python image, no catalogue entry
+    "hub": Official("hub", None, "localhost/fermi/hub", "localhost/fermi/python:latest",
+                    ("psycopg[binary]>=3.1",)),
+    "router": Official("router", None, "localhost/fermi/router",
+                       "localhost/fermi/python:latest", ()),
+    "model-server": Official("model-server", None, "localhost/fermi/model-server",
+                             "localhost/fermi/python:latest", ()),
 }
+# what `fermi images build` builds without names (pytorch is big: only when named)
+PLATFORM = ("python", "hub", "router", "model-server")
 
 
 @dataclass(frozen=True)
 class Built:
     name: str
-    slug: str
+    slug: str | None
     repository: str
     tag: str
     digest: str  # sha256:… of the image's manifest
@@ -226,8 +235,9 @@ def build_official(client, name: str, cache: Path, *, base: str | None = None,
     requirements = list(official.packages)
     if "fermi" in requirements:
         requirements[requirements.index("fermi")] = str(fermi_wheel(wheels, log))
-    log(f"Fetching the Python packages of {name} for Python {IMAGE_PYTHON} into {wheels} …")
-    wheelhouse(wheels, requirements, log)
+    if requirements:
+        log(f"Fetching the Python packages of {name} for Python {IMAGE_PYTHON} into {wheels} …")
+        wheelhouse(wheels, requirements, log)
     tag = __version__
     with tempfile.TemporaryDirectory(prefix=f"fermi-image-{name}-") as context:
         shutil.copy(dockerfiles() / name / "Dockerfile", Path(context) / "Dockerfile")
@@ -268,6 +278,8 @@ def record(session_factory, built: Built, by: str = "fermi images build") -> Non
     from ..catalog.store import CatalogStore
     from ..errors import NotFound
 
+    if built.slug is None:  # a platform image (hub, router, model-server): not in the catalogue
+        return
     store = CatalogStore(session_factory)
     editor = CatalogEditor(store, Caller(by, admin=True))
     try:

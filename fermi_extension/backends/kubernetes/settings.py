@@ -88,9 +88,15 @@ class KubernetesSettings(LoggingConfigurable):
     ).tag(config=True)
 
     serving_image = Unicode(
-        "quay.io/fermi/model-server:0.1",
-        help="Image of model-server pods (any image with fermi-cluster installed).",
+        help="""Image of model-server pods, built by `fermi images build model-server` (default:
+        $FERMI_SERVING_IMAGE, which the overlay of `fermi images push` sets to the pushed
+        digest, else fermi/model-server:VERSION).""",
     ).tag(config=True)
+
+    @default("serving_image")
+    def _serving_image_default(self):
+        from ... import __version__
+        return os.environ.get("FERMI_SERVING_IMAGE", f"fermi/model-server:{__version__}")
 
     vllm_image = Unicode("vllm/vllm-openai:v0.11.0", help="Image of vLLM model servers.").tag(
         config=True)
