@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from traitlets.config import LoggingConfigurable
 
@@ -67,6 +67,16 @@ class JobBackend(LoggingConfigurable):
     async def kill(self, handle: Handle) -> None:
         """Stop the attempt and everything it started."""
         raise NotImplementedError
+
+    # set by the job runner: called with (handle name, reason) when the backend's own queue
+    # starts holding a launched attempt, or says a new reason (the job's "waiting" event)
+    on_held: Callable[[str, str], None] | None = None
+
+    def waiting(self, handle: Handle) -> str | None:
+        """Why a launched attempt has not begun to run, where the backend's own queue holds it
+        (a cluster's Kueue); None while it runs. The job then shows as queued, with this as its
+        reason, as a job the control plane's queue holds does."""
+        return None
 
     def outcome(self, files: JobFiles) -> Outcome:
         """The outcome of an attempt that has ended."""

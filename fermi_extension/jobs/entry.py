@@ -262,11 +262,18 @@ def run(files: JobFiles, spec: JobSpec, *, km=None, snapshot: str | None = None,
     kills = memory_kills()
     outcome: dict = {"status": "failed", "reason": None}
     lineage: dict = {}
+    # a job folder in a bucket (storage 's3'): the attempt runs in this pod's own folder as on
+    # every backend, and what it leaves there (output, lineage, progress, result) goes back
+    # beside the snapshot, where the control plane collects it (backends/kubernetes/storage.py)
+    remote = output if output and _is_url(output) else None
     try:
         os.environ.update(link_datasets(files.workdir, spec.datasets))
         lead = own_rank == 0  # every rank runs the notebook; rank 0 speaks for the job
+        if snapshot and _is_url(snapshot):
+            files.write(files.snapshot, _remote_io().read(snapshot).encode())
+            snapshot = None
         snapshot = snapshot or str(files.snapshot)
-        if not output:
+        if not output or remote:
             output = str(files.output if lead else files.root / f"output-rank-{own_rank}.ipynb")
         if lead:
             lineage = {
@@ -310,7 +317,30 @@ def run(files: JobFiles, spec: JobSpec, *, km=None, snapshot: str | None = None,
                                    "sha256": _sha256(files, files.output)})
             write_json_atomic(files.root / LINEAGE, lineage)
         write_json_atomic(files.result, outcome)  # last: the control plane reads it as "ended"
+        if remote:
+            send_back(files, remote.rsplit("/", 1)[0], Path(remote).name)
     return outcome
+
+
+RETURNED = ("lineage.json", "progress.json", "result.json")  # result last: it says "ended"
+
+
+def _is_url(where: str) -> bool:
+    return "://" in where
+
+
+def _remote_io():
+    from papermill.iorw import papermill_io  # s3://, gs://, abfs://: papermill's handlers
+
+    return papermill_io
+
+
+def send_back(files: JobFiles, folder: str, output_name: str) -> None:
+    """The attempt's files, from this pod's folder to the job's folder in the bucket."""
+    io = _remote_io()
+    for local, name in ((files.output, output_name), *((files.root / n, n) for n in RETURNED)):
+        if files.has(local):
+            io.write(files.read(local).decode(), f"{folder}/{name}")
 
 
 def _shutdown(km) -> None:

@@ -59,10 +59,16 @@ def default_job_name(notebook_name: str | None) -> str:
 
 
 def describe(job: Job, *, events: list[JobEvent] | None = None, position: int | None = None,
-             with_spec: bool = False, files: JobFiles | None = None) -> DescribeJob:
+             with_spec: bool = False, files: JobFiles | None = None,
+             held: str | None = None) -> DescribeJob:
+    """``held``: why the backend's own queue holds the launched attempt (``JobBackend.waiting``):
+    the job shows as queued with that reason, as one the control plane's queue holds."""
+    status, reason, started_at = job.status, job.reason, job.started_at
+    if held and job.status == "running":
+        status, reason, started_at = "queued", held, None
     duration = None
-    if job.started_at:
-        duration = ((job.finished_at or utcnow()) - job.started_at).total_seconds()
+    if started_at:
+        duration = ((job.finished_at or utcnow()) - started_at).total_seconds()
     progress = dict(job.progress or {})
     if job.status == "running" and files is not None:
         progress = read_json(files.progress) or progress
@@ -70,11 +76,11 @@ def describe(job: Job, *, events: list[JobEvent] | None = None, position: int | 
     if with_spec and files is not None and files.has(files.snapshot):
         spec = detect_parameters(json.loads(files.read(files.snapshot)))
     return DescribeJob(
-        id=job.id, name=job.name, owner=job.owner, status=job.status, reason=job.reason,
+        id=job.id, name=job.name, owner=job.owner, status=status, reason=reason,
         priority=job.priority, image=job.image, profile=job.profile,
         notebook_name=job.notebook_name, parameters=job.parameters or {},
         timeout_seconds=job.timeout_seconds, attempt=job.attempt, max_retries=job.max_retries,
-        retry_of=job.retry_of, created_at=job.created_at, started_at=job.started_at,
+        retry_of=job.retry_of, created_at=job.created_at, started_at=started_at,
         finished_at=job.finished_at, duration_seconds=duration, progress=progress,
         metrics=job.metrics or {}, models=job.models or [], tracking_run_id=job.tracking_run_id,
         queue_position=position,
@@ -165,7 +171,7 @@ class JobService:
                     )
                 )
             return describe(job, events=list(events), position=position, with_spec=True,
-                            files=self.files(job.id))
+                            files=self.files(job.id), held=self.held(job))
 
     def list(self, caller: Caller, *, status: str | None = None, owner: str | None = None,
              limit: int = 50, offset: int = 0) -> tuple[list[DescribeJob], int]:
@@ -183,7 +189,13 @@ class JobService:
             jobs = session.scalars(
                 query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
             ).all()
-            return [describe(j, files=self.files(j.id)) for j in jobs], total
+            return [describe(j, files=self.files(j.id), held=self.held(j)) for j in jobs], total
+
+    def held(self, job: Job) -> str | None:
+        """Why the backend's queue (Kueue) holds the job's launched attempt, if it does."""
+        if job.status != "running" or not (job.pid or job.handle_name):
+            return None
+        return self.backend.waiting(Handle(job.pid, job.pid_started, job.handle_name))
 
     def logs(self, caller: Caller, job_id: str, offset: int = 0, limit: int = 1 << 20) -> JobLogs:
         with self.session_factory() as session:
@@ -371,6 +383,7 @@ class JobRunner:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.backend.on_held = self._held_by_backend
         self._warm = asyncio.create_task(self.tracker.warm_up())
         await self.reconcile()
         await self._prewarm()
@@ -499,6 +512,20 @@ class JobRunner:
                     job.reason = message
                     self.event(session, job, "waiting", message)
             session.commit()
+
+    def _held_by_backend(self, handle_name: str, reason: str) -> None:
+        """The backend's queue (Kueue) holds a launched attempt: said in the job's events, as
+        the control plane's own queue says why it holds one (the job shows it as queued)."""
+        with self.session_factory() as session:
+            job = session.scalar(select(Job).where(Job.handle_name == handle_name,
+                                                   Job.status == "running"))
+            if job is None:
+                return
+            last = session.scalar(select(JobEvent).where(JobEvent.job_id == job.id)
+                                  .order_by(JobEvent.id.desc()).limit(1))
+            if last is None or (last.kind, last.message) != ("waiting", reason):
+                self.event(session, job, "waiting", reason)
+                session.commit()
 
     async def _start(self, job_id: str) -> bool:
         """Start one attempt; False when it must wait (the tracking server is not answering)."""

@@ -37,6 +37,7 @@ import os
 import re
 import secrets
 import sys
+import uuid
 from pathlib import Path
 
 from kmock import KubernetesEmulator, Server
@@ -48,8 +49,9 @@ NAMESPACE = "fermi"
 CORE_RESOURCES = ["batch/v1/jobs", "v1/pods", "v1/services", "v1/configmaps", "apps/v1/deployments",
                   "autoscaling/v2/horizontalpodautoscalers", "policy/v1/poddisruptionbudgets"]
 KUEUE_RESOURCES = ["kueue.x-k8s.io/v1beta1/localqueues", "kueue.x-k8s.io/v1beta1/clusterqueues",
-                   "kueue.x-k8s.io/v1beta1/resourceflavors"]
+                   "kueue.x-k8s.io/v1beta1/resourceflavors", "kueue.x-k8s.io/v1beta1/workloads"]
 KSERVE_RESOURCES = ["serving.kserve.io/v1beta1/inferenceservices"]
+KUEUE_WORKLOADS = "kueue.x-k8s.io/v1beta1/workloads"
 
 
 def kubeconfig_for(url: str, path: Path) -> Path:
@@ -97,6 +99,8 @@ class FakeCluster:
         await self.server.__aenter__()
         self.url = str(self.server.url).rstrip("/")
         self.client = KubeClient(kclient.ApiClient(kclient.Configuration(host=self.url)))
+        if self.kueue:  # the operator applied the pools' queues (queues.py)
+            await self._apply_kueue_queues()
         self.tasks = [asyncio.create_task(self._watch("Job", self._on_job)),
                       asyncio.create_task(self._watch("Deployment", self._on_deployment))]
         if self.kserve:
@@ -164,11 +168,93 @@ class FakeCluster:
         if name in self.pods or job.get("status", {}).get("conditions"):
             return
         if job.get("spec", {}).get("suspend"):
-            if self.admit:  # Kueue admits it: the pool has quota
-                await self._quietly(self.client.patch("Job", NAMESPACE, name,
-                                                      {"spec": {"suspend": False}}))
+            await self._queue(job)
             return
         await self._start_pod(job)
+
+    # -- Kueue -----------------------------------------------------------------------------------
+    # As Kueue's job controller does, a suspended Job with a queue-name label gets a Workload
+    # (kueue.x-k8s.io/v1beta1) in its namespace, owned by the Job, named job-NAME-HASH and
+    # labelled with the Job's uid. With quota (admit=True) it is admitted at once (QuotaReserved
+    # and Admitted True, status.admission naming the ClusterQueue) and the Job unsuspended;
+    # without, it waits with QuotaReserved False (reason Pending) and the flavor assigner's
+    # message, until ``admit_workload``. The LocalQueue → ClusterQueue objects are the ones an
+    # operator applies (``queues.py``). Like kmock, nothing garbage-collects a Workload whose
+    # Job is gone: a backend has to delete it itself, which a test can then see.
+
+    async def _apply_kueue_queues(self) -> None:
+        from fermi_extension.backends.kubernetes.objects import make_kueue_objects
+        from fermi_extension.catalog.store import load_catalog_file
+        from fermi_extension.paths import shipped
+
+        catalog = load_catalog_file(shipped("hub_config") / "catalog.yaml")
+        for obj in make_kueue_objects(catalog, NAMESPACE):
+            await self.client.create(obj)
+
+    def workload_of(self, job_name: str) -> dict | None:
+        """The live Workload Kueue made for the Job ``job_name``."""
+        return next((w for w in self.objects(KUEUE_WORKLOADS)
+                     if any(r.get("kind") == "Job" and r.get("name") == job_name
+                            for r in w["metadata"].get("ownerReferences", []))), None)
+
+    async def _queue(self, job: dict) -> None:
+        meta = job["metadata"]
+        queue = meta.get("labels", {}).get("kueue.x-k8s.io/queue-name")
+        if queue is None:  # suspended, but no queue: Kueue leaves it alone
+            return
+        workload = self.workload_of(meta["name"])
+        if workload is None:
+            uid = meta.get("uid") or str(uuid.uuid5(uuid.NAMESPACE_URL, meta["name"]))
+            template = job["spec"]["template"]
+            workload = await self.client.create({
+                "apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "Workload",
+                "metadata": {
+                    "name": f"job-{meta['name'][:51]}-{secrets.token_hex(3)[:5]}",
+                    "namespace": NAMESPACE, "labels": {"kueue.x-k8s.io/job-uid": uid},
+                    "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
+                                         "name": meta["name"], "uid": uid,
+                                         "controller": True, "blockOwnerDeletion": True}]},
+                "spec": {"queueName": queue, "podSets": [
+                    {"name": "main", "count": job["spec"].get("parallelism", 1),
+                     "template": template}]}})
+        if self.admit:  # the pool has quota
+            await self.admit_workload(meta["name"])
+            return
+        requests = job["spec"]["template"]["spec"]["containers"][0].get(
+            "resources", {}).get("requests", {})
+        resource = "nvidia.com/gpu" if "nvidia.com/gpu" in requests else "cpu"
+        flavor = (await self._cluster_queue(queue)) or queue
+        await self._set_workload_status(workload["metadata"]["name"], {"conditions": [{
+            "type": "QuotaReserved", "status": "False", "reason": "Pending",
+            "message": f"couldn't assign flavors to pod set main: insufficient unused quota "
+                       f"for {resource} in flavor {flavor}, {requests.get(resource, 1)} more "
+                       "needed",
+            "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
+
+    async def _cluster_queue(self, local_queue: str) -> str | None:
+        found = await self.client.get("LocalQueue", NAMESPACE, local_queue)
+        return ((found or {}).get("spec") or {}).get("clusterQueue")
+
+    async def admit_workload(self, job_name: str) -> None:
+        """Kueue finds quota for the Job's Workload: admitted, and the Job unsuspended."""
+        workload = self.workload_of(job_name)
+        cluster_queue = await self._cluster_queue(workload["spec"]["queueName"])
+        at = "2026-01-01T00:00:01Z"
+        await self._set_workload_status(workload["metadata"]["name"], {
+            "admission": {"clusterQueue": cluster_queue, "podSetAssignments": [
+                {"name": "main", "flavors": {}, "count": workload["spec"]["podSets"][0]["count"]}]},
+            "conditions": [
+                {"type": "QuotaReserved", "status": "True", "reason": "QuotaReserved",
+                 "message": f"Quota reserved in ClusterQueue {cluster_queue}",
+                 "lastTransitionTime": at},
+                {"type": "Admitted", "status": "True", "reason": "Admitted",
+                 "message": "The workload is admitted", "lastTransitionTime": at}]})
+        await self._quietly(self.client.patch("Job", NAMESPACE, job_name,
+                                              {"spec": {"suspend": False}}))
+
+    async def _set_workload_status(self, name: str, status: dict) -> None:
+        await self._quietly(self.client.patch("Workload", NAMESPACE, name, {"status": status},
+                                              "status"))
 
     async def _start_pod(self, job: dict) -> None:
         name = job["metadata"]["name"]

@@ -30,14 +30,16 @@ from tests.mocking import InstantTracker
 class ControlPlane:
     """The jobs part of a control plane on the Kubernetes backend; ``die()`` is a kill -9."""
 
-    def __init__(self, kube, factory, datasets: DatasetService | None = None):
+    def __init__(self, kube, factory, datasets: DatasetService | None = None, *,
+                 tracker=None, tracking_uri: str = "http://127.0.0.1:5000"):
         self.kube, self.factory, self.datasets = kube, factory, datasets
         self.catalog = CatalogStore(factory)
+        self.tracker, self.tracking_uri = tracker or InstantTracker(), tracking_uri
 
     async def start(self):
         self.backend = await self.kube.job_backend()
-        self.runner = JobRunner(self.factory, self.catalog, self.backend, InstantTracker(),
-                                self.kube.jobs_dir, tracking_uri="http://127.0.0.1:5000",
+        self.runner = JobRunner(self.factory, self.catalog, self.backend, self.tracker,
+                                self.kube.jobs_dir, tracking_uri=self.tracking_uri,
                                 retry_interval=0.1)
         self.jobs = JobService(self.factory, self.catalog, self.backend, self.kube.jobs_dir,
                                wake=self.runner.wake, datasets=self.datasets)

@@ -19,8 +19,8 @@ from traitlets import Int
 from ...catalog.schema import Pool, Profile
 from ...jobs.backend import Handle, JobBackend, JobLaunch, Outcome
 from ...jobs.files import JobFiles, read_json, write_json_atomic
-from .kube_client import KubeClient, KubeError
-from .objects import MANAGED_BY, job_name, make_job
+from .kube_client import KubeClient, KubeError, gather_quietly
+from .objects import KUEUE_QUEUE_LABEL, MANAGED_BY, job_name, make_job
 from .settings import KubernetesSettings
 from .storage import PvcStorage, S3Storage
 from .watch import Informer
@@ -44,6 +44,43 @@ def trim_pod(obj: dict) -> dict:
     return {"metadata": {k: meta[k] for k in ("name", "labels", "resourceVersion") if k in meta},
             "status": {k: status[k] for k in ("phase", "reason", "message", "conditions",
                                               "containerStatuses") if k in status}}
+
+
+def trim_workload(obj: dict) -> dict:
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    return {"metadata": {k: meta[k] for k in ("name", "ownerReferences", "resourceVersion")
+                         if k in meta},
+            "spec": {"queueName": (obj.get("spec") or {}).get("queueName")},
+            "status": {"conditions": status.get("conditions") or [],
+                       "clusterQueue": (status.get("admission") or {}).get("clusterQueue")}}
+
+
+def owner_job(workload: dict) -> str | None:
+    """The name of the Job a Kueue Workload belongs to (its controller owner)."""
+    return next((r.get("name") for r in workload["metadata"].get("ownerReferences") or []
+                 if r.get("kind") == "Job"), None)
+
+
+def kueue_reason(queue: str, workload: dict | None, cluster_queue: str | None) -> str:
+    """Why Kueue holds a suspended Job, from its Workload's conditions (Kueue v1beta1:
+    QuotaReserved False with reason Pending or Inadmissible and the flavor assigner's message;
+    Evicted True after a preemption), in the words the embedded default's queue uses."""
+    if workload is None:
+        return f"Waiting for Kueue to take it into LocalQueue {queue}."
+    conditions = {c.get("type"): c for c in workload["status"]["conditions"]}
+    where = f"ClusterQueue {cluster_queue}" if cluster_queue else f"LocalQueue {queue}"
+    evicted = conditions.get("Evicted") or {}
+    if evicted.get("status") == "True":
+        return (f"Waiting: evicted by Kueue ({evicted.get('reason')}: "
+                f"{evicted.get('message', '')}); it waits to be admitted again in {where}.")
+    reserved = conditions.get("QuotaReserved") or {}
+    if reserved.get("status") == "True":
+        return f"Admitted by Kueue in {where}; its pod is starting."
+    message = reserved.get("message") or "no quota reserved yet"
+    if reserved.get("reason") == "Inadmissible":
+        return f"Waiting: Kueue cannot admit it in {where}: {message}"
+    return f"Waiting for quota in {where}: {message}"
 
 
 def ended_condition(obj: dict) -> dict | None:
@@ -82,6 +119,11 @@ class KubeJobBackend(KubernetesSettings, JobBackend):
         self._followers: dict[str, asyncio.Task] = {}
         self._concluding: dict[str, asyncio.Task] = {}
         self._pod_names: dict[str, str] = {}  # job name → its pod's name
+        self.workloads: Informer | None = None  # Kueue's, where the cluster has it
+        self._workload_names: dict[str, str] = {}  # job name → its Workload's name
+        self._cluster_queues: dict[str, str | None] = {}  # LocalQueue → its ClusterQueue
+        self._lookups: set[asyncio.Task] = set()  # held until done (the loop keeps weak refs)
+        self._pending_queues: set[str] = set()  # LocalQueues being looked up
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -98,16 +140,24 @@ class KubeJobBackend(KubernetesSettings, JobBackend):
         self.pods = Informer(self.client, "Pod", self.namespace, JOB_LABELS, trim=trim_pod,
                              timeout_seconds=self.watch_timeout_seconds)
         self.pods.listeners.append(self._index_pod)
-        await asyncio.gather(self.jobs.start(), self.pods.start())
+        informers = [self.jobs, self.pods]
+        if use_kueue:
+            # Workloads carry none of our labels (Kueue makes them): all in the namespace
+            self.workloads = Informer(self.client, "Workload", self.namespace, {},
+                                      trim=trim_workload,
+                                      timeout_seconds=self.watch_timeout_seconds)
+            self.workloads.listeners.append(self._index_workload)
+            informers.append(self.workloads)
+        await asyncio.gather(*(informer.start() for informer in informers))
         self.log.info("Kubernetes jobs in namespace %s (Kueue: %s, storage: %s)", self.namespace,
                       "on" if use_kueue else "off", self.storage)
 
     async def close(self) -> None:
-        for task in [*self._followers.values(), *self._concluding.values()]:
+        tasks = [*self._followers.values(), *self._concluding.values(), *self._lookups]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._followers.values(), *self._concluding.values(),
-                             return_exceptions=True)
-        await self.disconnect(self.jobs, self.pods)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.disconnect(self.jobs, self.pods, self.workloads)
 
     def dataset_refusal(self, mount) -> str | None:
         if mount.kind == "path":
@@ -159,6 +209,19 @@ class KubeJobBackend(KubernetesSettings, JobBackend):
         if handle.name:
             await self._delete_attempt(handle.name)
 
+    def waiting(self, handle: Handle) -> str | None:
+        """Kueue's reason while it holds the attempt's Job suspended (None once it runs)."""
+        obj = self.jobs.get(handle.name) if handle.name and self.jobs is not None else None
+        if obj is None or not obj["spec"].get("suspend"):
+            return None
+        queue = (obj["metadata"].get("labels") or {}).get(KUEUE_QUEUE_LABEL)
+        if queue is None:
+            return None
+        workload = self._workload_of(handle.name)
+        cluster_queue = (workload or {}).get("status", {}).get("clusterQueue") or \
+            self._cluster_queue_of(workload["spec"]["queueName"] if workload else queue)
+        return kueue_reason(queue, workload, cluster_queue)
+
     def outcome(self, files: JobFiles) -> Outcome:
         result = read_json(files.result)
         if result is not None and result.get("concluded"):  # not only the entry point's word
@@ -177,6 +240,12 @@ class KubeJobBackend(KubernetesSettings, JobBackend):
         try:
             obj = self.jobs.get(name)
             outcome = self._outcome_of(name, obj)
+            job_id = (obj or {}).get("metadata", {}).get("labels", {}).get("fermi.io/job-id") \
+                or files.root.name
+            try:  # first: on s3 the entry point's result, lineage and progress come with it
+                await self.store.collect(files, job_id)
+            except Exception as error:
+                self.log.warning("could not collect the output of %s: %s", name, error)
             # what the entry point itself recorded (the shared volume brings it back) says what
             # the notebook did more precisely than the pod's end; the cluster's word stands
             # where the attempt was lost (evicted, deleted) or never reported (OOM-killed)
@@ -195,12 +264,6 @@ class KubeJobBackend(KubernetesSettings, JobBackend):
                     files.write(files.log, text.encode())
                 except KubeError as error:
                     self.log.warning("could not read the log of %s: %s", name, error)
-            job_id = (obj or {}).get("metadata", {}).get("labels", {}).get("fermi.io/job-id") \
-                or files.root.name
-            try:
-                await self.store.collect(files, job_id)
-            except Exception as error:
-                self.log.warning("could not collect the output of %s: %s", name, error)
             write_json_atomic(files.result, {"status": outcome.status, "reason": outcome.reason,
                                              "lost": outcome.lost, "concluded": True})
             if self.delete_finished and obj is not None:
@@ -210,9 +273,15 @@ class KubeJobBackend(KubernetesSettings, JobBackend):
             self._concluding.pop(name, None)
 
     async def _delete_attempt(self, name: str) -> None:
-        """The Job with its pods, and a distributed job's rendezvous Service (not a dependent)."""
+        """The Job with its pods, its Kueue Workload (said outright, not left to the garbage
+        collector: its quota is released now), and a distributed job's rendezvous Service
+        (not a dependent)."""
         obj = self.jobs.get(name) if self.jobs is not None else None
         await self.client.delete("Job", self.namespace, name, "Background")
+        workload = self._workload_of(name)
+        if workload is not None:
+            await gather_quietly(self.client.delete("Workload", self.namespace,
+                                                    workload["metadata"]["name"]))
         if obj is not None and "fermi.io/nodes" in ((obj.get("metadata") or {}).get("labels") or {}):
             await self.client.delete("Service", self.namespace, name)
 
@@ -227,6 +296,67 @@ class KubeJobBackend(KubernetesSettings, JobBackend):
                 del self._pod_names[job]
         else:
             self._pod_names[job] = pod["metadata"]["name"]
+
+    def _index_workload(self, kind: str, workload: dict) -> None:
+        """Keep job name → Workload name current, and learn its LocalQueue's ClusterQueue."""
+        job = owner_job(workload)
+        if job is None:
+            return
+        if kind == "DELETED":
+            if self._workload_names.get(job) == workload["metadata"]["name"]:
+                del self._workload_names[job]
+            return
+        self._workload_names[job] = workload["metadata"]["name"]
+        self._cluster_queue_of((workload.get("spec") or {}).get("queueName"))
+        self._announce(job)
+
+    def _announce(self, job: str) -> None:
+        """Tell the runner why Kueue holds the Job: once Kueue has tried it (a fresh workload
+        has no conditions yet), while it waits, and with its ClusterQueue's name once known."""
+        workload = self._workload_of(job)
+        if self.on_held is None or workload is None or not workload["status"]["conditions"] \
+                or workload["spec"].get("queueName") in self._pending_queues:
+            return
+        reason = self.waiting(Handle(None, None, job))
+        if reason and reason.startswith("Waiting"):
+            try:
+                self.on_held(job, reason)
+            except Exception:
+                self.log.exception("could not record why Kueue holds %s", job)
+
+    def _cluster_queue_of(self, queue: str | None) -> str | None:
+        """The ClusterQueue of a LocalQueue, as far as known; the first time, it is looked up
+        (once per queue, not per event: the Role may get LocalQueues, never watch them)."""
+        if queue and queue not in self._cluster_queues:
+            self._cluster_queues[queue] = None
+            self._pending_queues.add(queue)
+            task = asyncio.get_running_loop().create_task(self._learn_cluster_queue(queue))
+            self._lookups.add(task)
+            task.add_done_callback(self._lookups.discard)
+        return self._cluster_queues.get(queue) if queue else None
+
+    async def _learn_cluster_queue(self, queue: str) -> None:
+        try:
+            found = await self.client.get("LocalQueue", self.namespace, queue)
+            self._cluster_queues[queue] = ((found or {}).get("spec") or {}).get("clusterQueue")
+        except KubeError as error:
+            self.log.warning("could not read LocalQueue %s: %s", queue, error)
+            self._cluster_queues.pop(queue, None)  # asked again on its next Workload event
+            return
+        finally:
+            self._pending_queues.discard(queue)
+        for job, name in list(self._workload_names.items()):  # what waited for the name
+            if (self.workloads.get(name) or {}).get("spec", {}).get("queueName") == queue:
+                self._announce(job)
+
+    def _workload_of(self, name: str) -> dict | None:
+        if self.workloads is None:
+            return None
+        workload = self.workloads.get(self._workload_names.get(name, ""))
+        if workload is None:  # listed before the index existed: look
+            workload = next((w for w in self.workloads.objects.values()
+                             if owner_job(w) == name), None)
+        return workload
 
     def _pod_of(self, name: str) -> dict | None:
         pod = self.pods.get(self._pod_names.get(name, ""))

@@ -45,6 +45,8 @@ KINDS: dict[str, Kind] = {
     "ResourceFlavor": Kind("kueue.x-k8s.io/v1beta1", "resourceflavors", namespaced=False),
     "ClusterQueue": Kind("kueue.x-k8s.io/v1beta1", "clusterqueues", namespaced=False),
     "LocalQueue": Kind("kueue.x-k8s.io/v1beta1", "localqueues"),
+    # what Kueue makes of each queued Job (owned by it): its admission state and reason
+    "Workload": Kind("kueue.x-k8s.io/v1beta1", "workloads"),
 }
 
 

@@ -3,14 +3,17 @@
 - ``pvc``: the control plane's jobs folder *is* a ReadWriteMany volume; a job pod mounts only
   its own job's folder of it (``subPath``) at ``/fermi/jobs/<job id>``; the snapshot is already
   there and papermill writes the output in place.
-- ``s3``: the snapshot is uploaded to ``s3://bucket/prefix/JOB/input.ipynb`` and papermill
-  (which reads and writes s3:// paths) writes ``output.ipynb`` beside it; the control plane
-  downloads it when the job ends.
+- ``s3``: the snapshot is uploaded to ``s3://bucket/prefix/JOB/input.ipynb``; the entry point
+  (through papermill's s3:// handler) runs it in the pod's own folder and sends ``output.ipynb``,
+  ``lineage.json``, ``progress.json`` and ``result.json`` back beside it; the control plane
+  downloads them when the job ends (cell progress is not live on this storage: it comes back
+  with the rest).
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 from urllib.parse import urlparse
 
 from ... import workload_files
@@ -55,9 +58,18 @@ class S3Storage:
                                     self.key(job_id, "input.ipynb"))
 
     async def collect(self, files: JobFiles, job_id: str) -> None:
-        try:
-            await asyncio.to_thread(self.client.download_file, self.bucket,
-                                    self.key(job_id, "output.ipynb"), str(files.output))
-        except Exception as error:  # no output: the notebook never started
-            if "404" not in str(error) and "NoSuchKey" not in str(error) and "Not Found" not in str(error):
-                raise
+        """What the entry point sent back (``entry.send_back``): the executed notebook, and the
+        lineage, cell progress and result the job folder holds on every other backend."""
+        from ...jobs.entry import RETURNED
+
+        for name in ("output.ipynb", *RETURNED):
+            buffer = io.BytesIO()
+            try:
+                await asyncio.to_thread(self.client.download_fileobj, self.bucket,
+                                        self.key(job_id, name), buffer)
+            except Exception as error:  # not there: the notebook never started
+                if not any(s in str(error) for s in ("404", "NoSuchKey", "Not Found")):
+                    raise
+                continue
+            # written without following links (the folder is the control plane's)
+            files.write(files.root / name, buffer.getvalue())
