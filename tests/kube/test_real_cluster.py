@@ -1,129 +1,155 @@
-"""The Kubernetes backend against a real cluster (kind, k3s, …): run when FERMI_TEST_KUBECONFIG
-names a kubeconfig, skipped otherwise (see docs/kubernetes.md, "Tests").
+"""The Kubernetes backend on a real cluster (kind, k3s, …): the same scenarios as the podman
+kubelet's (``tests/kube/scenarios.py``, ``tests/containers/test_kube_play.py``) — the training
+job succeeds and logs its metric and model, the model server answers V2 infer, the router splits
+traffic in the canary ratio — against a real API server, scheduler and kubelet. Skipped only
+when FERMI_TEST_KUBECONFIG is unset; with it set, anything missing fails (see docs/kubernetes.md,
+"Tests"):
 
-It needs no shared volume and no Fermi image: the job pods run the job entry point from an image
-that does not have Fermi, so they fail the way a broken image fails, which exercises create → watch → pod
-failure reason → log → delete with propagation against a real API server, scheduler and kubelet.
-Model-server Deployments are created, scaled and deleted (their readiness is not waited for:
-the image is a stand-in). Everything lives in $FERMI_TEST_NAMESPACE (default fermi-test) and
-is deleted at the end.
+- FERMI_TEST_KUBECONFIG: the cluster's kubeconfig; FERMI_TEST_NAMESPACE (default fermi-test),
+  where everything runs and is deleted at the end;
+- FERMI_TEST_IMAGE: an image with this Fermi the cluster's nodes can run (e.g. `fermi images
+  build python` then `kind load docker-image localhost/fermi/python:0.1.0`, or one pushed with
+  `fermi images push`);
+- FERMI_TEST_JOBS_DIR: the folder of the PVC ``fermi-jobs`` in that namespace as this machine
+  sees it (the control plane shares it with job pods: e.g. kind's extraMounts of a hostPath
+  PersistentVolume), so that the notebook reaches the pod and its output comes back;
+- ``kubectl`` on the PATH: the test reaches Services through ``kubectl port-forward``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import uuid
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
-from tests.conformance.drivers import SUCCEEDS, default_runtime, notebook, replica_launch
+from tests.kube import scenarios
 
 KUBECONFIG = os.environ.get("FERMI_TEST_KUBECONFIG", "")
 NAMESPACE = os.environ.get("FERMI_TEST_NAMESPACE", "fermi-test")
 pytestmark = [
     pytest.mark.skipif(not KUBECONFIG, reason="FERMI_TEST_KUBECONFIG is not set (no real cluster)"),
-    pytest.mark.timeout(600),
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.timeout(900),
 ]
+CANARY, REQUESTS = 20, 1000
 
 
-def small_runtime():
-    runtime = default_runtime()
-    return runtime.model_copy(update={"image_reference": "python:3.11-slim", "cpu": 0.1,
-                                      "memory": "128Mi"})
+def required(variable: str) -> str:
+    value = os.environ.get(variable, "")
+    if not value:  # a configured cluster with a missing piece fails: it never passes by skipping
+        pytest.fail(f"FERMI_TEST_KUBECONFIG is set but {variable} is not (see this module's "
+                    "docstring)")
+    return value
 
 
-@pytest.fixture
-async def jobs_backend(tmp_path):
-    from fermi_extension.backends.kubernetes.jobs import KubeJobBackend
+class ClusterPlace(scenarios.Place):
+    """Pods on the real cluster; the test reaches a Service through kubectl port-forward."""
 
-    from fermi_extension.backends.kubernetes.storage import PvcStorage
+    def __init__(self, client, image: str, jobs_dir: Path):
+        self._client, self.image, self.jobs_dir = client, image, jobs_dir
+        self.kubeconfig, self.namespace = KUBECONFIG, NAMESPACE
+        self.forwards: list[subprocess.Popen] = []
 
-    # pods mount no volume (the 's3' layout) and nothing is uploaded: the pod fails before it
-    # would read its notebook
-    backend = KubeJobBackend(kubeconfig=KUBECONFIG, namespace=NAMESPACE, kueue="off",
-                             storage="s3", s3_prefix="s3://unused/fermi-test")
-    await backend.start()
-    backend.store = PvcStorage()
-    yield backend
-    await backend.close()
+    @property
+    def client(self):
+        return self._client
+
+    async def url(self, service: str, port: int) -> str:
+        kubectl = shutil.which("kubectl")
+        assert kubectl, "kubectl is not on the PATH (the test reaches Services through it)"
+        forward = subprocess.Popen(
+            [kubectl, "--kubeconfig", KUBECONFIG, "-n", NAMESPACE, "port-forward",
+             f"service/{service}", f":{port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+        self.forwards.append(forward)
+        line = await asyncio.to_thread(forward.stdout.readline)  # Forwarding from 127.0.0.1:N
+        found = re.search(r"127\.0\.0\.1:(\d+)", line)
+        assert found, f"kubectl port-forward service/{service}: {line}"
+        return f"http://127.0.0.1:{found.group(1)}"
+
+    async def secret(self, name: str, data: dict[str, str]) -> None:
+        await self.client.apply({"apiVersion": "v1", "kind": "Secret",
+                                 "metadata": {"name": name, "namespace": NAMESPACE},
+                                 "stringData": data})
+
+    async def clean(self) -> None:
+        for forward in self.forwards:
+            forward.terminate()
+        for kind, name in [("Deployment", "fermi-tracking"), ("Service", "fermi-tracking"),
+                           ("Deployment", "fermi-router"), ("Service", "fermi-router"),
+                           ("Secret", "fermi-router-token"), ("ConfigMap", "fermi-routes")]:
+            await self.client.delete(kind, NAMESPACE, name)
 
 
-async def launch(backend, tmp_path, nb):
-    from fermi_extension.jobs.backend import JobLaunch
-    from fermi_extension.jobs.files import JobFiles
-    import json
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world():
+    from fermi_extension.backends.kubernetes.kube_client import KubeClient
 
-    job_id = uuid.uuid4().hex[:12]
-    files = JobFiles(tmp_path / job_id)
-    files.root.mkdir(parents=True)
-    files.snapshot.write_text(json.dumps(nb))
-    handle = await backend.launch(JobLaunch(job_id, "tester", files, small_runtime(), {}, {}))
-    return handle, files
-
-
-async def test_a_job_runs_on_the_cluster_and_its_failure_is_explained(jobs_backend, tmp_path):
-    handle, files = await launch(jobs_backend, tmp_path, SUCCEEDS)
+    image, jobs_dir = required("FERMI_TEST_IMAGE"), Path(required("FERMI_TEST_JOBS_DIR"))
+    client = await KubeClient.connect(KUBECONFIG)
+    place = ClusterPlace(client, image, jobs_dir)
     try:
-        assert jobs_backend.alive(handle)
-        outcome = await asyncio.wait_for(jobs_backend.wait(handle, files, 240), 300)
-        # the image has no Fermi (nor papermill): the pod was scheduled, its container started
-        # and exited, and the reason is that exit (not a pull error, an eviction or a deadline,
-        # which a broken cluster would give)
-        assert outcome.status == "failed" and not outcome.lost, outcome
-        assert outcome.reason.startswith("papermill exited with code "), outcome
+        place.tracking = await scenarios.start_tracking(place, timeout=600)
+        yield place
     finally:
-        await jobs_backend.kill(handle)
+        await place.clean()
+        await client.close()
 
 
-async def test_cancel_deletes_the_job_and_its_pods(jobs_backend, tmp_path):
-    handle, files = await launch(jobs_backend, tmp_path, notebook("import time; time.sleep(600)"))
-    selector = f"job-name={handle.name}"
-
-    async def pods() -> list[dict]:
-        return (await jobs_backend.client.list("Pod", NAMESPACE, selector)).get("items", [])
-
-    async def until(predicate, what: str, timeout: float = 120) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not predicate(await pods()):
-            assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-            await asyncio.sleep(1)
-
-    # a pod exists before the cancel, so that its going is something the cancel did
-    await until(bool, "the Job's pod")
-    await jobs_backend.kill(handle)
-    assert await jobs_backend.jobs.wait_for(handle.name, lambda o: o is None, 120)
-    await until(lambda items: all(p["metadata"].get("deletionTimestamp") for p in items),
-                "the pods to go with their Job")
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def trained(world):
+    return await scenarios.train(world, world.tracking, timeout=600)
 
 
-async def test_model_server_revisions_scale_and_go(tmp_path):
-    from fermi_extension.backends.kubernetes.serving import KubeServingBackend
+async def test_the_training_job_succeeds_and_logs_its_metric_and_model(world, trained):
+    outcome, run_id, files = trained
+    assert (outcome.status, outcome.lost) == ("succeeded", False), (
+        outcome, files.log.read_text() if files.log.exists() else "no log")
+    run = scenarios.run_of(world.tracking, run_id)
+    assert run["info"]["status"] == "FINISHED"
+    assert {m["key"]: m["value"] for m in run["data"]["metrics"]}["accuracy"] > 0.9
+    assert [v["version"] for v in scenarios.versions_of(world.tracking, run_id)] == ["1"]
 
-    class Driver:  # what replica_launch needs
-        def model_source(self):
-            source = tmp_path / "model"
-            source.mkdir(exist_ok=True)
-            (source / "MLmodel").write_text("flavors: {}\n")
-            return source
 
-    backend = KubeServingBackend(kubeconfig=KUBECONFIG, namespace=NAMESPACE, mode="deployments",
-                                 serving_dir=str(tmp_path / "serving"), serving_image="busybox:1.36")
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def serving(world, trained, tmp_path_factory):
+    _, run_id, _ = trained
+    first = scenarios.versions_of(world.tracking, run_id)[0]
+    scenarios.mlflow_api(world.tracking, "model-versions/create",
+                         {"name": scenarios.MODEL, "source": first["source"], "run_id": run_id,
+                          "model_id": first["source"].removeprefix("models:/")})
+    backend = world.serving_backend(tmp_path_factory.mktemp("serving"))
     await backend.start()
-    name = f"t{uuid.uuid4().hex[:6]}"
+    handles = {}
     try:
-        a = await backend.start_replica(replica_launch(Driver(), backend, name, "r1", "1",
-                                                       small_runtime()))
-        b = await backend.start_replica(replica_launch(Driver(), backend, name, "r1", "1",
-                                                       small_runtime()))
-        deployment = await backend.client.get("Deployment", NAMESPACE, f"{name}-v1")
-        assert deployment["spec"]["replicas"] == 2
-        await backend.stop_replica(a)
-        deployment = await backend.client.get("Deployment", NAMESPACE, f"{name}-v1")
-        assert deployment["spec"]["replicas"] == 1
-        await backend.stop_replica(b)
-        assert await backend.client.get("Service", NAMESPACE, f"{name}-v1") is None
+        for version in ("1", "2"):
+            handles[version] = await scenarios.serve(world, backend, version, timeout=600)
+        yield backend, handles
     finally:
-        for kind in ("Deployment", "Service", "PodDisruptionBudget"):
-            await backend.client.delete(kind, NAMESPACE, f"{name}-v1")
+        for handle in handles.values():
+            await backend.stop_replica(handle)
         await backend.close(stop_all=False)
+
+
+async def test_the_router_splits_infer_traffic_in_the_canary_ratio(world, serving):
+    backend, handles = serving
+    backend.publish(scenarios.routes(1, {"stable": (handles["1"], 100 - CANARY),
+                                         "canary": (handles["2"], CANARY)}))
+    await backend._publishing
+    router = await scenarios.start_router(world, timeout=300)
+    # the ConfigMap reaches the pod's volume within the kubelet's sync period (about a minute)
+    await scenarios.until(lambda: scenarios.answers(router), "the router to route", 180)
+    counts = await scenarios.split(router, REQUESTS)
+    tolerance = scenarios.binomial_tolerance(REQUESTS, CANARY / 100)
+    assert sum(counts.values()) == REQUESTS, counts
+    assert abs(counts["2"] / REQUESTS - CANARY / 100) <= tolerance, counts
+    backend.publish(scenarios.routes(2, {"stable": (handles["1"], 0),
+                                         "canary": (handles["2"], 100)}))
+    await backend._publishing
+    await scenarios.until_split_follows(router, "2", timeout=180)
