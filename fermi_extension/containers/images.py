@@ -115,8 +115,9 @@ def make_base(client, cache: Path, log: Log = print, reference: str = BASE) -> s
                               "or give a base image from your registry with --base")
         log(f"Making the base image from Debian's packages (mmdebstrap, ~30 s) into {tar} …")
         partial = tar.with_suffix(".partial")
+        # --format: mmdebstrap guesses it from the name's end, and ".partial" would make a folder
         result = subprocess.run(["mmdebstrap", "--variant=minbase", f"--include={BASE_PACKAGES}",
-                                 "--quiet", "bookworm", str(partial)],
+                                 "--format=tar", "--quiet", "bookworm", str(partial)],
                                 capture_output=True, text=True)
         if result.returncode != 0:
             partial.unlink(missing_ok=True)
