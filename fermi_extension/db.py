@@ -577,7 +577,7 @@ class ImageBuild(Base):
 
 
 class WorkloadToken(Base):
-    """A token handed to one workload (a job attempt now; replicas and dev servers later),
+    """A token handed to one workload (a job attempt; a model server's storage initializer),
     scoped to what it needs (``workload_tokens.Grant``). Only the token's sha256 is kept: the
     database never holds a credential a reader of it could use."""
 
@@ -588,5 +588,9 @@ class WorkloadToken(Base):
     owner: Mapped[str] = mapped_column(String(255))
     job_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
     run_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    # a model server's: the deployment it serves, and the one version it may read
+    # (models:/NAME/VERSION)
+    deployment: Mapped[str | None] = mapped_column(String(255), default=None, index=True)
+    model: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=lambda: utcnow())
     expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime, default=None)

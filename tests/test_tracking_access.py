@@ -286,3 +286,80 @@ def test_a_job_reaches_its_own_run_only_and_its_models_are_its_owners(platform, 
     with proxy(platform, bob.token) as client:
         assert client.get("api/2.0/mlflow-artifacts/artifacts",
                           params={"path": folder}).status_code == 403
+
+
+# -- model servers: the one version they serve, as their storage initializer fetches it --------
+
+REGISTERS_TWO = """
+import mlflow
+from sklearn.linear_model import LogisticRegression
+
+model = LogisticRegression().fit([[0.0], [1.0]], [0, 1])
+for name in (served, other):
+    mlflow.sklearn.log_model(model, name=name, registered_model_name=name,
+                             pip_requirements=["scikit-learn"])
+"""
+
+
+def test_a_model_servers_token_fetches_its_one_version_and_reaches_nothing_else(
+        platform, alice, tmp_path):
+    """On Kubernetes a revision's storage initializer fetches ``models:/NAME/VERSION`` through
+    the tracking proxy with the token the deployment controller issued for it
+    (``DeploymentController._fetch_token``): here the same token, the same proxy and the same
+    fetch command (``python -m fermi_extension.serving.fetch``, as the init container runs it)."""
+    import subprocess
+    import sys
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+
+    from fermi_extension import workload_tokens
+
+    served, other = (f"alice-{what}-{uuid.uuid4().hex[:6]}" for what in ("served", "other"))
+    job = alice.submit(make_notebook(REGISTERS_TWO, parameters=(
+        f"served = {served!r}\nother = {other!r}")))
+    done = alice.wait(job["id"], timeout=240)
+    assert done["status"] == "succeeded", done
+    factory = sessionmaker(create_engine(f"sqlite:///{platform.data / 'fermi.sqlite'}"))
+    token = workload_tokens.issue(factory, kind="replica", owner=alice.name,
+                                  deployment="served", model=f"models:/{served}/1")
+    tracking = f"{platform.url}/services/fermi/tracking"
+
+    fetched = subprocess.run(
+        [sys.executable, "-m", "fermi_extension.serving.fetch", f"models:/{served}/1",
+         str(tmp_path / "model")], capture_output=True, text=True, timeout=120,
+        env={"PATH": os.environ["PATH"], "MLFLOW_TRACKING_URI": tracking,
+             "MLFLOW_TRACKING_TOKEN": token})
+    assert fetched.returncode == 0, fetched.stderr
+    assert "flavors" in (tmp_path / "model" / "MLmodel").read_text()
+
+    with proxy(platform, alice.token) as owner:  # what its owner reaches, it does not
+        other_folder = owner.get(f"{API}/model-versions/get-download-uri", params={
+            "name": other, "version": "1"}).json()["artifact_uri"].split(":/", 1)[1]
+    run_folder = f"{other_folder.split('/')[0]}/{done['tracking_run_id']}/artifacts"
+    with proxy(platform, token) as client:
+        refused = {
+            "another model of its owner": client.get(f"{API}/model-versions/get-download-uri",
+                                                     params={"name": other, "version": "1"}),
+            "that model's files": client.get("api/2.0/mlflow-artifacts/artifacts",
+                                             params={"path": other_folder}),
+            "the run behind it": client.get(f"{API}/runs/get",
+                                            params={"run_id": done["tracking_run_id"]}),
+            "the run's files": client.get("api/2.0/mlflow-artifacts/artifacts",
+                                          params={"path": run_folder}),
+            "a search": client.get(f"{API}/registered-models/search"),
+            "a new run": client.post(f"{API}/runs/create", json={"experiment_id": "0"}),
+            "a new version": client.post(f"{API}/model-versions/create", json={
+                "name": served, "source": f"models:/{served}/1"}),
+        }
+        for what, answer in refused.items():
+            assert answer.status_code == 403, (what, answer.text)
+            assert "reads that model version's files only" in answer.json()["message"], what
+
+    workload_tokens.revoke(factory, deployment="served")  # the deployment stopped serving it
+    again = subprocess.run(
+        [sys.executable, "-m", "fermi_extension.serving.fetch", f"models:/{served}/1",
+         str(tmp_path / "again")], capture_output=True, text=True, timeout=120,
+        env={"PATH": os.environ["PATH"], "MLFLOW_TRACKING_URI": tracking,
+             "MLFLOW_TRACKING_TOKEN": token})
+    assert again.returncode == 1 and "not valid here" in again.stderr, again.stderr

@@ -193,6 +193,16 @@ class FermiService(Application):
     def _default_service_url(self):
         return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
 
+    ip = Unicode(
+        help="""Address to listen on. Default: $FERMI_SERVICE_IP, else the host of
+        ``service_url``. In the hub pod of the Helm chart, 0.0.0.0: the proxy reaches the
+        service at http://hub:10101, a Service's name that is no address of the pod.""",
+    ).tag(config=True)
+
+    @default("ip")
+    def _default_ip(self):
+        return os.environ.get("FERMI_SERVICE_IP", "") or urlparse(self.service_url).hostname
+
     prefix = Unicode(help="URL prefix (default: $JUPYTERHUB_SERVICE_PREFIX).").tag(config=True)
 
     @default("prefix")
@@ -411,11 +421,11 @@ class FermiService(Application):
                             asyncio.create_task(s.workflows.run(), name="fermi-workflows")]
         s.monitor.start()
         url = urlparse(self.service_url)
-        self.http_server = self.make_app().listen(url.port, url.hostname, xheaders=True)
+        self.http_server = self.make_app().listen(url.port, self.ip, xheaders=True)
         # dev servers in containers call the API at the bridge's gateway (hub_config's
         # FERMI_API_URL); on loopback only without an engine
         workload_ip = os.environ.get("FERMI_WORKLOAD_IP", "")
-        if workload_ip and workload_ip != url.hostname and Isolation.from_env().containers:
+        if workload_ip and workload_ip != self.ip and Isolation.from_env().containers:
             self.http_server.listen(url.port, workload_ip)
         self.log.info("Fermi control plane listening on %s%s", self.service_url, self.prefix)
 

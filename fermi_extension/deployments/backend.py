@@ -30,11 +30,19 @@ class ReplicaLaunch:
     model_dir: Path
     engine: str
     runtime: RuntimeSpec
+    # where the backend's replicas fetch their model themselves (``fetches_models``): the
+    # token their storage initializer reads that one version with, through the tracking proxy
+    fetch_token: str | None = None
 
 
 class ServingBackend(LoggingConfigurable):
     """Runs model-server replicas and the router in front of them.
     Implementations never touch the database or the API."""
+
+    # False: the controller fetches each model version into ``model_dir`` on this machine and
+    # replicas read it there. True (Kubernetes): replicas fetch it themselves, each launch with
+    # a token that reads that version only (``ReplicaLaunch.fetch_token``).
+    fetches_models = False
 
     def availability(self, profile: Profile, pool: Pool, engine: str) -> tuple[bool, str | None]:
         raise NotImplementedError

@@ -18,12 +18,14 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from .. import workload_tokens
 from ..caller import Caller, audit, owned, visible
 from ..catalog.store import CatalogStore
 from ..db import Deployment, DeploymentEvent, Replica, Revision, utcnow
 from ..errors import Conflict, InvalidInput, Unprocessable
 from ..quotas.service import QuotaService
 from ..registry.service import ModelRepository
+from ..serving.fetch import model_uri
 from ..spec import RuntimeSpec, runtime_spec
 from ..tracking.tracker import Tracker
 from ..usage.service import usage_record
@@ -437,6 +439,7 @@ class DeploymentController:
                     self._bill(session, replica)
                     session.delete(replica)
                     replicas.remove(replica)
+        self._retire_fetch_tokens(session, d, replicas)
         if d.status == "deleting":
             if not replicas:
                 session.delete(d)
@@ -517,13 +520,34 @@ class DeploymentController:
         for _ in range(count):
             replica_id = f"{d.name}-{revision_name}-{secrets.token_hex(3)}"
             launch = ReplicaLaunch(replica_id, d.name, d.model, revision.version, model_dir,
-                                   d.engine, runtime)
+                                   d.engine, runtime,
+                                   fetch_token=self._fetch_token(session, d, revision.version))
             handle = await self.backend.start_replica(launch)
             session.add(Replica(id=replica_id, deployment=d.name, revision=revision_name,
                                 state="starting", url=handle.url, pid=handle.pid,
                                 pid_started=handle.started, handle_name=handle.name))
             event(session, d, "replica-starting",
                   f"replica {replica_id} starting ({d.model} version {revision.version})")
+
+    def _fetch_token(self, session: Session, d: Deployment, version: str) -> str | None:
+        """Where replicas fetch their model version themselves (``backend.fetches_models``: a
+        revision's storage initializer on Kubernetes), a token that reads that version's files
+        through the tracking proxy and nothing else; ``_retire_fetch_tokens`` revokes it."""
+        if not self.backend.fetches_models:
+            return None
+        return workload_tokens.issue(session, kind="replica", owner=d.owner, deployment=d.name,
+                                     model=model_uri(d.model, version))
+
+    def _retire_fetch_tokens(self, session: Session, d: Deployment,
+                             replicas: list[Replica]) -> None:
+        """Revoke the fetch tokens of the versions ``d`` no longer runs a replica of."""
+        if not self.backend.fetches_models:
+            return
+        served = {session.get(Revision, (d.name, r.revision)).version for r in replicas}
+        for revision in session.scalars(select(Revision).where(Revision.deployment == d.name)):
+            if revision.version not in served:
+                workload_tokens.revoke(session, deployment=d.name,
+                                       model=model_uri(d.model, revision.version))
 
     async def _model_files(self, session: Session, d: Deployment, revision: Revision) -> Path | None:
         """The model version's files on this machine, fetched once in the background."""

@@ -3,7 +3,9 @@
     python -m fermi_extension.serving.fetch models:/NAME/VERSION /mnt/models [URI FOLDER ...]
 
 from the MLflow tracking server at $MLFLOW_TRACKING_URI (the same download the local backend
-does). Two callers, one contract: the init container ``fetch-model`` of the Kubernetes backend's
+does), with $MLFLOW_TRACKING_TOKEN where it is set: in a pod, the URI is the control plane's
+tracking proxy and the token the revision's own, which reads that one version and nothing else.
+Two callers, one contract: the init container ``fetch-model`` of the Kubernetes backend's
 revisions (``make_serving_objects``), and KServe, for which the ClusterStorageContainer of
 ``make_cluster_storage_container`` names this module as the command of its storage initializer.
 KServe starts that container with the pairs ``URI FOLDER`` as its arguments (one pair,
@@ -25,6 +27,11 @@ from ..tracking.tracker import Tracker, TrackingError
 PREFIX = "models:/"
 USAGE = ("usage: python -m fermi_extension.serving.fetch models:/NAME/VERSION FOLDER "
          "[models:/NAME/VERSION FOLDER ...]")
+
+
+def model_uri(name: str, version: str) -> str:
+    """A registered model version as MLflow names it, and as a revision's storageUri."""
+    return f"{PREFIX}{name}/{version}"
 
 
 def parse_model_uri(uri: str) -> tuple[str, str]:
@@ -53,8 +60,9 @@ async def fetch_into(tracker: Tracker, name: str, version: str, target: Path) ->
     staged.rmdir()
 
 
-async def fetch_all(pairs: list[tuple[str, str, Path]], tracking_uri: str) -> None:
-    tracker = Tracker(tracking_uri)
+async def fetch_all(pairs: list[tuple[str, str, Path]], tracking_uri: str,
+                    token: str = "") -> None:
+    tracker = Tracker(tracking_uri, token=token)
     try:
         for name, version, target in pairs:
             await fetch_into(tracker, name, version, target)
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     try:
-        asyncio.run(fetch_all(pairs, tracking_uri))
+        asyncio.run(fetch_all(pairs, tracking_uri, os.environ.get("MLFLOW_TRACKING_TOKEN", "")))
     except TrackingError as e:
         print(f"cannot fetch from the tracking server at {tracking_uri}: {e}", file=sys.stderr)
         return 1

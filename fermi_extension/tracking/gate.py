@@ -222,6 +222,9 @@ class RegistryGate:
         """Raises ``Refused`` unless ``who`` (not an admin) may send this request."""
         if OPEN.search(path):
             return Decision()
+        if who.grant is not None and who.grant.kind == "replica":
+            self._model_server(who, method, path, query)
+            return Decision()
         artifacts = ARTIFACTS.search(path)
         if artifacts is not None:
             where = artifacts.group("path") if artifacts.group("path") is not None else \
@@ -265,6 +268,40 @@ class RegistryGate:
             raise Refused(503, "the platform cannot check ownership right now "
                           f"({error.__class__.__name__}); retry") from None
         return decision
+
+    def _model_server(self, who: TrackingCaller, method: str, path: str,
+                      query: dict[str, list[str]]) -> None:
+        """A model server's token (the storage initializer of a revision on Kubernetes) reads
+        its one model version: where its files are, and the files under that folder. Nothing
+        else, and never a write: the server's own code never holds the token."""
+        name, _, version = (who.grant.model or "").removeprefix("models:/").partition("/")
+        refused = Refused(403, f"{who.describe()} reads that model version's files only, not "
+                          f"{method} {path}")
+        if method != "GET" or not name or not version:
+            raise refused
+        api = API.search(path)
+        if api is not None:
+            asked = ((query.get("name") or [""])[0], (query.get("version") or [""])[0])
+            if api.group("endpoint") in ("model-versions/get", "model-versions/get-download-uri") \
+                    and asked == (name, version):
+                return
+            raise refused
+        artifacts = ARTIFACTS.search(path)
+        if artifacts is None or artifacts.group("op") != "artifacts":
+            raise refused
+        where = unquote(artifacts.group("path") if artifacts.group("path") is not None
+                        else (query.get("path") or [""])[0]).strip("/")
+        from mlflow.exceptions import MlflowException
+        from mlflow.server.handlers import _get_model_registry_store
+
+        try:
+            location = _get_model_registry_store().get_model_version_download_uri(name, version)
+        except MlflowException:
+            raise refused from None
+        root = str(location).removeprefix("mlflow-artifacts:/").strip("/")
+        if not str(location).startswith("mlflow-artifacts:/") or ".." in where.split("/") or \
+                not (where == root or where.startswith(root + "/")):
+            raise refused
 
     def _artifact_path(self, who: TrackingCaller, where: str, read: bool) -> None:
         """Proxied artifacts live at EXPERIMENT/RUN/artifacts/… and EXPERIMENT/models/MODEL/…

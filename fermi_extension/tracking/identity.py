@@ -23,7 +23,7 @@ import hmac
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from ..caller import Caller
 from ..workload_tokens import Grant
@@ -52,6 +52,9 @@ class TrackingCaller:
         return self.caller.admin and self.grant is None  # a workload is never an admin
 
     def describe(self) -> str:
+        if self.grant is not None and self.grant.kind == "replica":
+            return (f"the token of deployment {self.grant.deployment}'s model server "
+                    f"({self.grant.model})")
         if self.grant is not None:
             return f"the token of job {self.grant.job_id} (run {self.grant.run_id})"
         return f"user {self.caller.name}"
@@ -76,8 +79,7 @@ def sign(secret: bytes, method: str, path: str, who: TrackingCaller,
     grant = who.grant
     payload = base64.urlsafe_b64encode(json.dumps({
         "name": who.caller.name, "admin": who.caller.admin, "groups": list(who.caller.groups),
-        "grant": None if grant is None else {"kind": grant.kind, "owner": grant.owner,
-                                             "job_id": grant.job_id, "run_id": grant.run_id},
+        "grant": None if grant is None else asdict(grant),
     }, separators=(",", ":")).encode()).decode()
     stamp = str(int(now if now is not None else time.time()))
     return {CALLER_HEADER: payload,

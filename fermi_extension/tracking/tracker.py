@@ -28,9 +28,13 @@ def _tags(tags: dict[str, str]) -> list[dict[str, str]]:
 
 
 class Tracker:
-    def __init__(self, uri: str, timeout: float = 10.0):
+    def __init__(self, uri: str, timeout: float = 10.0, token: str = ""):
+        """``token``: sent as MLflow's clients send $MLFLOW_TRACKING_TOKEN, for a workload that
+        reaches the tracking server through the platform's tracking proxy (the control plane
+        itself uses the direct address, with none)."""
         self.uri = uri.rstrip("/")
-        self._client = httpx.AsyncClient(base_url=self.uri, timeout=timeout)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._client = httpx.AsyncClient(base_url=self.uri, timeout=timeout, headers=headers)
         self._experiments: dict[str, str] = {}
 
     async def close(self) -> None:

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import select
 
+from fermi_extension import workload_tokens
 from fermi_extension.caller import Caller
 from fermi_extension.catalog.store import CatalogStore, load_catalog_file
 from fermi_extension.datasets.service import CreateDataset, DatasetPolicy, DatasetService
@@ -216,6 +217,14 @@ async def test_the_deployment_controller_runs_revisions_as_kubernetes_deployment
     await settle(ready(2))
     (workload,) = kube.cluster.objects("apps/v1/deployments")
     assert workload["metadata"]["name"] == "wine-v1" and workload["spec"]["replicas"] == 2
+    # its storage initializer alone holds a token, which reads that one version and nothing else
+    pod = workload["spec"]["template"]["spec"]
+    (fetch,) = pod["initContainers"]
+    token = {e["name"]: e.get("value") for e in fetch["env"]}["MLFLOW_TRACKING_TOKEN"]
+    assert workload_tokens.resolve(factory, token) == workload_tokens.Grant(
+        "replica", "ann", deployment="wine", model="models:/wine/1")
+    assert not [e for e in pod["containers"][0].get("env", [])
+                if e["name"].startswith("MLFLOW_")]
     config = next(o for o in kube.cluster.objects("v1/configmaps")
                   if o["metadata"]["name"] == "fermi-routes")
     assert '"wine"' in config["data"]["routes.json"]
@@ -237,6 +246,7 @@ async def test_the_deployment_controller_runs_revisions_as_kubernetes_deployment
     await settle(lambda s: s.get(Deployment, "wine") is None)
     assert not kube.cluster.objects("apps/v1/deployments")
     assert not kube.cluster.objects("v1/services")
+    assert workload_tokens.resolve(factory, token) is None  # revoked with its last replica
 
 
 async def test_gpu_replicas_stay_within_the_owners_gpu_quota(kube, tmp_path):

@@ -58,7 +58,8 @@ async def test_everything_the_backend_creates_is_valid_for_kubernetes(kube, runt
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert job["spec"]["template"]["spec"]["tolerations"]
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["MLFLOW_TRACKING_URI"] == "http://fermi-tracking:5000"  # the in-cluster address
+    # the control plane's tracking proxy, never the tracking server itself, with the job's token
+    assert env["MLFLOW_TRACKING_URI"] == "http://fermi-control-plane:10101/services/fermi/tracking"
     assert "KUBERNETES_SERVICE_HOST" not in env
 
 

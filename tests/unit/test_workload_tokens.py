@@ -1,6 +1,7 @@
-"""Workload tokens (fermi_extension/workload_tokens.py): what a job holds instead of a platform
-secret. Issued, resolved to their grant, expired by the clock seam, revoked with their job, and
-never stored in a form that could be used."""
+"""Workload tokens (fermi_extension/workload_tokens.py): what a job (or a model server's storage
+initializer) holds instead of a platform secret. Issued, resolved to their grant, expired by the
+clock seam, revoked with their job or their deployment's version, and never stored in a form
+that could be used."""
 
 from __future__ import annotations
 
@@ -58,6 +59,27 @@ def test_revoking_a_job_revokes_its_tokens_and_no_others(session_factory):
     assert workload_tokens.revoke(session_factory, job_id="j1") == 0
 
 
+def test_a_model_servers_token_is_revoked_with_its_version_of_its_deployment(session_factory):
+    def fetch_token(deployment, version):
+        return workload_tokens.issue(session_factory, kind="replica", owner="alice",
+                                     deployment=deployment, model=f"models:/wine/{version}")
+
+    stable, canary, elsewhere = fetch_token("wine", "1"), fetch_token("wine", "2"), \
+        fetch_token("wine-eu", "1")
+    assert workload_tokens.resolve(session_factory, stable) == Grant(
+        "replica", "alice", deployment="wine", model="models:/wine/1")
+    # the deployment stops running version 1: that token goes, version 2's and the other
+    # deployment's (same version) stay
+    assert workload_tokens.revoke(session_factory, deployment="wine", model="models:/wine/1") == 1
+    assert workload_tokens.resolve(session_factory, stable) is None
+    assert workload_tokens.resolve(session_factory, canary) is not None
+    assert workload_tokens.resolve(session_factory, elsewhere) is not None
+    assert workload_tokens.revoke(session_factory, deployment="wine") == 1  # all of it, deleted
+    assert workload_tokens.resolve(session_factory, canary) is None
+    with pytest.raises(ValueError, match="job_id or of a deployment"):
+        workload_tokens.revoke(session_factory)
+
+
 def test_an_unknown_kind_is_refused(session_factory):
     with pytest.raises(ValueError, match="kind"):
         workload_tokens.issue(session_factory, kind="admin", owner="alice")
@@ -76,6 +98,11 @@ def test_signed_caller_headers_hold_for_their_request_only():
     assert identity.verify(secret, "POST", "/api/2.0/mlflow/runs/log-metric", payload,
                            signature, now=1010) == who
     assert not who.admin and who.describe() == "the token of job j1 (run r1)"
+    server = identity.TrackingCaller(Caller("alice"), Grant("replica", "alice", deployment="wine",
+                                                            model="models:/wine/1"))
+    headers = identity.sign(secret, "GET", "/x", server, now=1000)  # its scope travels signed
+    assert identity.verify(secret, "GET", "/x", headers[identity.CALLER_HEADER],
+                           headers[identity.SIGNATURE_HEADER], now=1000) == server
     refused = [
         (b"t" * 32, "POST", "/api/2.0/mlflow/runs/log-metric", payload, signature, 1010),
         (secret, "GET", "/api/2.0/mlflow/runs/log-metric", payload, signature, 1010),

@@ -26,6 +26,8 @@ MODEL_SERVER_PORT = 8080
 MODEL_URI_PREFIX = "models:/"  # a registered model version, as ServingRevision.storage_uri
 # the storage initializer, given ``URI FOLDER`` as its arguments (ours and KServe's alike)
 FETCH_COMMAND = ["python", "-m", "fermi_extension.serving.fetch"]
+# a KServe predictor pod's copy of its revision's fetch token, for its storage initializer
+FETCH_TOKEN_ANNOTATION = "fermi.io/model-fetch-token"
 
 
 def label_value(text: str) -> str:
@@ -37,6 +39,11 @@ def label_value(text: str) -> str:
 def dns_name(text: str, limit: int = 63) -> str:
     value = re.sub(r"[^a-z0-9-]+", "-", text.lower())[:limit].strip("-")
     return value or "x"
+
+
+# where pods reach MLflow: the control plane's tracking proxy (its Service in extras.yaml), which
+# checks each pod's own token; the tracking server listens on the hub pod's loopback only
+CONTROL_PLANE_TRACKING = "http://fermi-control-plane:10101/services/fermi/tracking"
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ class Storage:
 class Cluster:
     namespace: str = "fermi"
     service_account: str = "fermi-workload"
-    tracking_uri: str = "http://fermi-tracking:5000"
+    tracking_uri: str = CONTROL_PLANE_TRACKING
     storage: Storage = field(default_factory=Storage)
     # the claims datasets may be on (FermiService.dataset_claims): a pod mounts no other claim,
     # whatever the spec it is built from says
@@ -299,6 +306,9 @@ class ServingRevision:
     revision: str  # r1, r2, …
     storage_uri: str  # the model version (models:/NAME/VERSION), fetched by serving.fetch
     engine: str = "auto"
+    # what the storage initializer shows the tracking proxy: a token that reads this version
+    # only (deployments/service.py issues it, revokes it when the version stops running)
+    fetch_token: str = ""
 
 
 def _serving_labels(rev: ServingRevision) -> dict:
@@ -356,7 +366,10 @@ def make_serving_objects(rev: ServingRevision, runtime: RuntimeSpec, cluster: Cl
     init = {  # the storage initializer: copies the model version's files before the server starts
         "name": "fetch-model", "image": cluster.serving_image,
         "command": list(FETCH_COMMAND), "args": [rev.storage_uri, MODELS_MOUNT],  # as KServe runs it
-        "env": _env({"MLFLOW_TRACKING_URI": cluster.tracking_uri}),
+        # the token in this container only: the model server (which runs the model's own code,
+        # a pickle is code) never holds it
+        "env": _env({"MLFLOW_TRACKING_URI": cluster.tracking_uri,
+                     **({"MLFLOW_TRACKING_TOKEN": rev.fetch_token} if rev.fetch_token else {})}),
         "volumeMounts": [{"name": "model", "mountPath": MODELS_MOUNT}],
     }
     pod = {
@@ -438,6 +451,8 @@ def make_inference_service(stable: ServingRevision, runtime: RuntimeSpec, cluste
         }
     if canary is not None:
         predictor["canaryTrafficPercent"] = canary_percent
+    if current.fetch_token:  # the pods' annotation, which only the storage initializer reads
+        predictor["annotations"] = {FETCH_TOKEN_ANNOTATION: current.fetch_token}
     return {
         "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
         "metadata": {"name": dns_name(stable.deployment), "namespace": cluster.namespace,
@@ -453,7 +468,10 @@ def make_cluster_storage_container(cluster: Cluster, name: str = "fermi-models")
     its own for MLflow's registry. KServe injects the init container ``storage-initializer`` with
     the arguments ``URI /mnt/models`` and merges this container into it (strategic merge: our
     fields win, so no ``args`` here, or they would replace KServe's); ``serving.fetch`` takes
-    exactly those arguments and finds the tracking server in ``MLFLOW_TRACKING_URI``."""
+    exactly those arguments and finds the tracking server in ``MLFLOW_TRACKING_URI``. It shows the
+    tracking proxy the revision's own token, which KServe cannot pass per InferenceService: the
+    predictor's pods carry it as an annotation (``make_inference_service``), read through the
+    downward API into this container alone (the model server never sees it)."""
     return {
         "apiVersion": "serving.kserve.io/v1alpha1", "kind": "ClusterStorageContainer",
         "metadata": {"name": name, "labels": dict(MANAGED_BY)},
@@ -462,7 +480,9 @@ def make_cluster_storage_container(cluster: Cluster, name: str = "fermi-models")
                 "name": "storage-initializer",  # KServe recognises its init container by name
                 "image": cluster.serving_image,
                 "command": list(FETCH_COMMAND),
-                "env": _env({"MLFLOW_TRACKING_URI": cluster.tracking_uri}),
+                "env": [*_env({"MLFLOW_TRACKING_URI": cluster.tracking_uri}),
+                        {"name": "MLFLOW_TRACKING_TOKEN", "valueFrom": {"fieldRef": {
+                            "fieldPath": f"metadata.annotations['{FETCH_TOKEN_ANNOTATION}']"}}}],
                 "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
                               "limits": {"cpu": "1", "memory": "1Gi"}},
                 "securityContext": {"runAsNonRoot": True, "runAsUser": 1000,

@@ -39,6 +39,7 @@ from traitlets import Enum, Unicode, default
 
 from ...catalog.schema import Pool, Profile
 from ...deployments.backend import ReplicaHandle, ReplicaLaunch, ServingBackend
+from ...serving.fetch import model_uri
 from ...serving.replica_key import ENV_REPLICA_KEY, ENV_VLLM_API_KEY, replica_key
 from .kube_client import KubeClient, gather_quietly
 from .objects import (
@@ -73,6 +74,7 @@ def slots_of(obj: dict | None) -> list[str]:
 
 
 class KubeServingBackend(KubernetesSettings, ServingBackend):
+    fetches_models = True  # each revision's storage initializer does, with its own token
     mode = Enum(
         ["auto", "deployments", "kserve"], default_value="auto",
         help="""How revisions run: 'deployments' (Deployment + Service + PodDisruptionBudget per
@@ -155,8 +157,9 @@ class KubeServingBackend(KubernetesSettings, ServingBackend):
     def _revision(self, launch: ReplicaLaunch) -> ServingRevision:
         return ServingRevision(launch.deployment, launch.runtime.env.get("FERMI_OWNER", "fermi"),
                                launch.model, str(launch.version), f"v{launch.version}",
-                               f"models:/{launch.model}/{launch.version}",
-                               "vllm" if launch.engine == "vllm" else "auto")
+                               model_uri(launch.model, str(launch.version)),
+                               "vllm" if launch.engine == "vllm" else "auto",
+                               fetch_token=launch.fetch_token or "")
 
     def _url(self, name: str) -> str:
         """The URL the router is handed, and the replica key is derived from: the revision's

@@ -10,7 +10,7 @@ from traitlets.config import LoggingConfigurable
 
 from ...datasets.service import DatasetPolicy
 from .kube_client import KubeClient
-from .objects import Cluster, Storage
+from .objects import CONTROL_PLANE_TRACKING, Cluster, Storage
 
 
 class KubernetesSettings(LoggingConfigurable):
@@ -43,13 +43,16 @@ class KubernetesSettings(LoggingConfigurable):
     ).tag(config=True)
 
     cluster_tracking_uri = Unicode(
-        help="""The MLflow tracking server as pods reach it (default: $FERMI_KUBE_TRACKING_URI or
-        http://fermi-tracking:5000, the Service the Helm values create).""",
+        help="""MLflow as pods reach it: the control plane's tracking proxy, which lets a job's
+        token reach its own run and a model server's token its one model version (the tracking
+        server itself listens on the hub pod's loopback only). Default: $FERMI_KUBE_TRACKING_URI,
+        else http://fermi-control-plane:10101/services/fermi/tracking (the Service of
+        hub_config/helm/extras.yaml).""",
     ).tag(config=True)
 
     @default("cluster_tracking_uri")
     def _default_cluster_tracking_uri(self):
-        return os.environ.get("FERMI_KUBE_TRACKING_URI", "http://fermi-tracking:5000")
+        return os.environ.get("FERMI_KUBE_TRACKING_URI", CONTROL_PLANE_TRACKING)
 
     storage = Enum(
         ["pvc", "s3"], default_value="pvc",
