@@ -144,9 +144,14 @@ def write_atomic(path: Path, doc) -> None:
 
 
 class RouterProcess:
-    def __init__(self, tmp: Path, doc: dict, hub_api_url: str = ""):
-        self.routes_path = tmp / "routes.json"
-        write_atomic(self.routes_path, doc)
+    """The router as the control plane starts it, its routes in ``tmp/routes.json`` (written
+    here from ``doc``), or in ``routes``, a file the caller keeps (a ConfigMap's link)."""
+
+    def __init__(self, tmp: Path, doc: dict | None, hub_api_url: str = "",
+                 admin_host: str | None = None, routes: Path | None = None):
+        self.routes_path = routes or tmp / "routes.json"
+        if doc is not None:
+            write_atomic(self.routes_path, doc)
         (tmp / "admin-token").write_text(ADMIN_TOKEN + "\n")
         self.port, self.admin_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -156,7 +161,8 @@ class RouterProcess:
             [sys.executable, "-m", "fermi_extension.serving.router", "--port", str(self.port),
              "--host", "127.0.0.1", "--routes", str(self.routes_path), "--admin-port",
              str(self.admin_port), "--admin-token-file", str(tmp / "admin-token"),
-             "--hub-api-url", hub_api_url],
+             "--hub-api-url", hub_api_url,
+             *(["--admin-host", admin_host] if admin_host else [])],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:

@@ -25,6 +25,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -41,13 +42,15 @@ NAME, VERSION = "wine", "3"
 
 
 class Replica:
-    """``python -m fermi_extension.serving.server`` on a free port, stderr kept in a file; with
-    ``keyed``, its key derived as the control plane derives it, and the client shows it."""
+    """``python -m fermi_extension.serving.server`` on a free port (or at ``url``, an address as
+    the router reads it), stderr kept in a file; with ``keyed``, its key derived as the control
+    plane derives it (from the url as written), and the client shows it."""
 
     def __init__(self, model_dir: Path, log_dir: Path, name: str = NAME, version: str = VERSION,
-                 keyed: bool = False):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+                 keyed: bool = False, url: str | None = None):
+        self.url = url or f"http://127.0.0.1:{free_port()}"
+        address = urlsplit(self.url)
+        host, self.port = address.hostname, address.port or 80  # http://HOST is port 80
         self.log = log_dir / f"replica-{self.port}.log"
         env = {k: v for k, v in os.environ.items() if k != "FERMI_REPLICA_KEY"}
         self.key = replica_key("admin-secret", self.url) if keyed else None
@@ -59,7 +62,7 @@ class Replica:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "fermi_extension.serving.server",
                  "--model-dir", str(model_dir), "--model-name", name,
-                 "--model-version", version, "--port", str(self.port)],
+                 "--model-version", version, "--host", host, "--port", str(self.port)],
                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env=env,
             )
         self.client = httpx.Client(base_url=self.url, timeout=10, headers=headers)
