@@ -114,6 +114,10 @@ async def test_a_job_kueue_holds_shows_kueues_reason_and_runs_once_admitted(kube
     assert (held.status, held.started_at) == ("queued", None)
     assert [e.message for e in held.events if e.kind == "waiting"] == [expected]
     assert [j.reason for j in plane.jobs.list(ANN)[0]] == [held.reason]
+    # listed by what it shows: among the queued jobs, not the running ones
+    assert [(j.id, j.status) for j in plane.jobs.list(ANN, status="queued")[0]] == [
+        (job_id, "queued")]
+    assert plane.jobs.list(ANN, status="running") == ([], 0)
     workload = kube.cluster.workload_of(name)
     assert workload["metadata"]["name"].startswith(f"job-{name}-")
 
