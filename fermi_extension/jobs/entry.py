@@ -36,7 +36,7 @@ import traceback
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..datasets.mounts import link_datasets
 from .files import JobFiles, read_json, write_json_atomic
@@ -141,6 +141,7 @@ def _engine():
 
     class ProgressEngine(NBClientEngine):
         progress_path: Path | None = None
+        on_progress: Callable[[], None] | None = None  # after each write of progress_path
 
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False,
@@ -155,6 +156,8 @@ def _engine():
                     write_json_atomic(cls.progress_path, {
                         "cells_total": total, "cells_done": done["n"], "current_cell": current,
                         "updated_at": time.time()})
+                    if cls.on_progress is not None:
+                        cls.on_progress()
 
             def cell_start(cell, cell_index=None, **kw):
                 if cell.cell_type == "code":
@@ -266,6 +269,7 @@ def run(files: JobFiles, spec: JobSpec, *, km=None, snapshot: str | None = None,
     # every backend, and what it leaves there (output, lineage, progress, result) goes back
     # beside the snapshot, where the control plane collects it (backends/kubernetes/storage.py)
     remote = output if output and _is_url(output) else None
+    progress_sender: Debounced | None = None
     try:
         os.environ.update(link_datasets(files.workdir, spec.datasets))
         lead = own_rank == 0  # every rank runs the notebook; rank 0 speaks for the job
@@ -289,6 +293,10 @@ def run(files: JobFiles, spec: JobSpec, *, km=None, snapshot: str | None = None,
             }
             write_json_atomic(files.root / LINEAGE, lineage)
             engine.progress_path = files.progress
+            if remote:  # the control plane reads it from the bucket while the job runs
+                progress_sender = Debounced(PROGRESS_EVERY, functools.partial(
+                    send_back, files, remote.rsplit("/", 1)[0], None, (files.progress.name,)))
+                engine.on_progress = progress_sender
         log.info("Job %s attempt %s: running %s with kernel %s%s", spec.job_id, spec.attempt,
                  Path(snapshot).name, spec.kernel, " (warm)" if km is not None else "")
         papermill.execute_notebook(
@@ -305,6 +313,9 @@ def run(files: JobFiles, spec: JobSpec, *, km=None, snapshot: str | None = None,
     finally:
         if km is not None:  # a warm kernel serves one job, then goes
             _shutdown(km)
+        engine.on_progress = None
+        if progress_sender is not None:  # send_back below sends the last progress itself
+            progress_sender.cancel()
     if outcome["status"] == "failed" and kills is not None and (memory_kills() or 0) > kills:
         outcome["out_of_memory"] = True  # the backend names the profile and a larger one
     log.info("Job %s %s%s", spec.job_id, outcome["status"],
@@ -335,12 +346,68 @@ def _remote_io():
     return papermill_io
 
 
-def send_back(files: JobFiles, folder: str, output_name: str) -> None:
-    """The attempt's files, from this pod's folder to the job's folder in the bucket."""
+def send_back(files: JobFiles, folder: str, output_name: str | None,
+              names: tuple[str, ...] = RETURNED) -> None:
+    """The attempt's files, from this pod's folder to the job's folder in the bucket: its
+    output as ``output_name`` (None: not now) and ``names``."""
     io = _remote_io()
-    for local, name in ((files.output, output_name), *((files.root / n, n) for n in RETURNED)):
+    sent = ((files.output, output_name),) if output_name else ()
+    for local, name in (*sent, *((files.root / n, n) for n in names)):
         if files.has(local):
             io.write(files.read(local).decode(), f"{folder}/{name}")
+
+
+# how often, at most, a job on bucket storage sends its cell progress while it runs
+PROGRESS_EVERY = 2.0
+
+
+class Debounced:
+    """Calls ``action`` when called, at most once per ``seconds``; a call in between is made
+    at the end of that interval, so the last state always goes out (a long cell that starts
+    just after a send is shown as running within ``seconds``). A failing send is logged,
+    never the job's failure."""
+
+    def __init__(self, seconds: float, action: Callable[[], None]):
+        import threading
+
+        self.seconds, self.action = seconds, action
+        self._lock = threading.Lock()
+        self._sending = threading.Lock()  # cancel waits for a send under way
+        self._last = float("-inf")
+        self._timer: threading.Timer | None = None
+
+    def __call__(self) -> None:
+        import threading
+
+        with self._lock:
+            wait = self._last + self.seconds - time.monotonic()
+            if wait > 0:
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._fire)
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+        self._fire()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self._timer = None
+            self._last = time.monotonic()
+        with self._sending:
+            try:
+                self.action()
+            except Exception as error:
+                log.warning("could not send the job's progress: %s", error)
+
+    def cancel(self) -> None:
+        """No more sends: a pending one is dropped, one under way is waited for."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self.action = lambda: None
+        with self._sending:
+            pass
 
 
 def _shutdown(km) -> None:

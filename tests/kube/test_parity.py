@@ -235,14 +235,26 @@ async def test_on_s3_storage_lineage_progress_and_result_come_back_to_the_contro
     pod_folder = tmp_path / "pod"  # the pod's own folder (its root in the container)
     pod = JobFiles(pod_folder)
     args = [str(pod_folder) if a == command[3] else a for a in command[3:]]
-    # the notebook waits for `release` in its working folder (the pod's): there from the start
-    pod.workdir.mkdir(parents=True)
-    (pod.workdir / "release").touch()
     env = workload_env({e["name"]: e["value"] for e in container["env"]} | {
         "FOLDER_S3": str(bucket), "MLFLOW_TRACKING_URI": ""})
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", POD_WITH_S3, *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    # while the notebook waits for `release` in its working folder (the pod's), its progress
+    # reaches the control plane through the bucket, as it does through a shared volume
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    try:
+        while True:
+            await store.fetch(files, "j1", "progress.json")
+            progress = json.loads(files.progress.read_text()) if files.progress.exists() else {}
+            if (progress.get("cells_done"), progress.get("current_cell")) == (3, 3):
+                break
+            assert loop.time() < deadline and process.returncode is None, progress
+            await asyncio.sleep(0.2)
+        assert not files.result.exists()  # the rest comes back when it ends
+    finally:
+        (pod.workdir / "release").touch()
     log, _ = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode == 0, log.decode()
 
@@ -280,3 +292,29 @@ def test_kueues_other_reasons_are_said_in_its_own_words():
         "Waiting: Kueue cannot admit it in LocalQueue gpu-a100: LocalQueue gpu-a100 doesn't "
         "exist")
     assert kueue_reason("cpu", None, None) == "Waiting for Kueue to take it into LocalQueue cpu."
+
+
+async def test_on_s3_storage_the_backend_reads_a_running_jobs_progress_from_the_bucket(
+        kube, tmp_path, runtime):
+    """The control plane's side of live progress on a bucket: while the Job runs, what the
+    pod's entry point sent (``progress.json`` beside the snapshot) is read back into the job
+    folder the API reads, every ``progress_interval`` seconds."""
+    from fermi_extension.backends.kubernetes.storage import S3Storage
+    from fermi_extension.jobs.files import read_json
+    from tests.conformance.drivers import WAITS
+
+    backend = await kube.job_backend()
+    backend.progress_interval = 0.05
+    # the bucket (FolderS3 above); the stand-in's pod sends nothing itself: the test does
+    backend.store = S3Storage("s3://fermi/jobs", client=FolderS3(tmp_path / "bucket"))
+    handle, files = await kube.launch(backend, WAITS, runtime)
+    waiting = asyncio.create_task(backend.wait(handle, files, 30))
+    await kube.until_running(backend, handle, files)
+    sent = tmp_path / "bucket" / "fermi" / "jobs" / files.root.name / "progress.json"
+    assert sent.parent.joinpath("input.ipynb").exists()  # delivered there, not on a volume
+    sent.write_text(json.dumps({"cells_total": 4, "cells_done": 2, "current_cell": 2,
+                                "updated_at": 1.0}))
+    shown = await wait_for(lambda: read_json(files.progress), lambda p: p is not None, 10)
+    assert (shown["cells_done"], shown["current_cell"]) == (2, 2)
+    kube.release(files)
+    assert (await waiting).status == "succeeded"

@@ -14,7 +14,7 @@ import asyncio
 import re
 import secrets
 
-from traitlets import Int
+from traitlets import Float, Int
 
 from ...catalog.schema import Pool, Profile
 from ...jobs.backend import Handle, JobBackend, JobLaunch, Outcome
@@ -111,6 +111,11 @@ class KubeJobBackend(KubernetesSettings, JobBackend):
                   "job's log is read once when it ends.",
     ).tag(config=True)
 
+    progress_interval = Float(
+        5.0, help="With storage='s3': seconds between two reads of a running job's cell "
+                  "progress from the bucket (for the jobs whose log is followed live).",
+    ).tag(config=True)
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.client: KubeClient | None = None
@@ -197,7 +202,7 @@ class KubeJobBackend(KubernetesSettings, JobBackend):
     async def wait(self, handle: Handle, files: JobFiles, timeout: float | None) -> Outcome:
         name = handle.name
         if name and len(self._followers) < self.log_streams and name not in self._followers:
-            self._followers[name] = asyncio.create_task(self._follow_log(name, files))
+            self._followers[name] = asyncio.create_task(self._follow(name, files))
         ended = await self.jobs.wait_for(
             name, lambda obj: obj is None or ended_condition(obj) is not None, timeout)
         if not ended:
@@ -403,6 +408,29 @@ class KubeJobBackend(KubernetesSettings, JobBackend):
         return Outcome("failed", f"{condition.get('reason', 'Failed')}: "
                                  f"{condition.get('message', 'the Job failed')}")
 
+    async def _follow(self, name: str, files: JobFiles) -> None:
+        """While the attempt runs: its log, and (where the job folder is a bucket) its cell
+        progress, into the control plane's job folder."""
+        try:
+            await asyncio.gather(self._follow_log(name, files), self._follow_progress(name, files))
+        finally:
+            if self._followers.get(name) is asyncio.current_task():
+                self._followers.pop(name, None)
+
+    async def _follow_progress(self, name: str, files: JobFiles) -> None:
+        """On pvc storage the entry point writes progress into the shared folder itself; on s3
+        it sends it to the bucket (at most every 2 s), read back here every
+        ``progress_interval`` seconds until the Job ends."""
+        if not self.store.sends_progress:
+            return
+        job_id = files.root.name
+        while (obj := self.jobs.get(name)) is not None and ended_condition(obj) is None:
+            await asyncio.sleep(self.progress_interval)
+            try:
+                await self.store.fetch(files, job_id, "progress.json")
+            except Exception as error:  # the bucket is away for a moment: the next look
+                self.log.debug("progress of %s: %r", name, error)
+
     async def _follow_log(self, name: str, files: JobFiles) -> None:
         """Stream the pod's log into the job folder while it runs (the final log replaces it)."""
         try:
@@ -428,6 +456,3 @@ class KubeJobBackend(KubernetesSettings, JobBackend):
             raise
         except Exception as error:
             self.log.debug("log stream of %s ended: %r", name, error)
-        finally:
-            if self._followers.get(name) is asyncio.current_task():
-                self._followers.pop(name, None)

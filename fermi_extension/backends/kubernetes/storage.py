@@ -6,8 +6,8 @@
 - ``s3``: the snapshot is uploaded to ``s3://bucket/prefix/JOB/input.ipynb``; the entry point
   (through papermill's s3:// handler) runs it in the pod's own folder and sends ``output.ipynb``,
   ``lineage.json``, ``progress.json`` and ``result.json`` back beside it; the control plane
-  downloads them when the job ends (cell progress is not live on this storage: it comes back
-  with the rest).
+  downloads them when the job ends. Cell progress is sent while the notebook runs too (at most
+  every 2 s), and read back while the job runs (``KubeJobBackend.progress_interval``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from ...jobs.files import JobFiles
 
 
 class PvcStorage:
+    sends_progress = False  # the entry point writes it into the shared folder itself
+
     async def deliver(self, files: JobFiles, job_id: str) -> None:
         """Nothing to copy: the job folder is on the shared volume."""
 
@@ -29,6 +31,8 @@ class PvcStorage:
 
 
 class S3Storage:
+    sends_progress = True  # to the bucket, beside the snapshot (``entry.Debounced``)
+
     def __init__(self, prefix: str, endpoint_url: str = "", client=None):
         parsed = urlparse(prefix)
         if parsed.scheme != "s3" or not parsed.netloc:
@@ -62,7 +66,11 @@ class S3Storage:
         lineage, cell progress and result the job folder holds on every other backend."""
         from ...jobs.entry import RETURNED
 
-        for name in ("output.ipynb", *RETURNED):
+        await self.fetch(files, job_id, "output.ipynb", *RETURNED)
+
+    async def fetch(self, files: JobFiles, job_id: str, *names: str) -> None:
+        """``names`` from the job's folder in the bucket into its folder here, where there."""
+        for name in names:
             buffer = io.BytesIO()
             try:
                 await asyncio.to_thread(self.client.download_fileobj, self.bucket,
