@@ -324,8 +324,8 @@ def seed_ended_jobs(db_path: Path, count: int = 10_000, owners: list[str] | None
     for i, owner in enumerate(others):
         per_owner[owner] = rest // len(others) + (1 if i < rest % len(others) else 0)
     # what runtime_spec() stores for the default image/profile (a real job's is reused if present)
-    runtime = {"image": "python-local", "image_version": "2025-06-30",
-               "image_reference": "quay.io/jupyter/scipy-notebook", "image_local": True,
+    runtime = {"image": "python-local", "image_version": "0.1.0",
+               "image_reference": "localhost/fermi/python", "image_local": True,
                "kernel": "python3", "profile": "cpu-small", "pool": "cpu", "cpu": 1.0,
                "memory": "2Gi", "gpu": 0, "gpu_resource": "nvidia.com/gpu", "gpu_type": None,
                "node_selector": {}, "tolerations": [], "price_per_hour": 0.05, "env": {}}

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .i18n import translate as _
@@ -46,10 +47,29 @@ def cmd_db_upgrade(args) -> int:
     return 0
 
 
+@contextmanager
+def _images_engine(data: Path, doing: str):
+    """A client of this machine's container engine for the images commands (podman's service
+    started in the data dir when none answers, and stopped afterwards); BuildFailed says why
+    there is none."""
+    from .containers.engine import connect, find_engine
+    from .containers.images import BuildFailed
+
+    isolation, service = find_engine(data / "containers")
+    if not isolation.containers:
+        raise BuildFailed(f"{doing} needs a container engine: {isolation.reason}.")
+    client = connect(isolation.url, timeout=1800)
+    try:
+        yield client
+    finally:
+        client.close()
+        if service is not None:
+            service.stop()
+
+
 def cmd_images_build(args) -> int:
     """Build official images with this machine's engine and pin their digests in the
     catalogue of the data dir (when it has a platform database)."""
-    from .containers.engine import connect, find_engine
     from .containers.images import OFFICIAL, PLATFORM, BuildFailed, build_official, record
     from .db import make_session_factory, platform_db_url
 
@@ -60,29 +80,54 @@ def cmd_images_build(args) -> int:
         print(f"Error: no official image {', '.join(unknown)}; there are: {', '.join(OFFICIAL)}",
               file=sys.stderr)
         return 2
-    isolation, service = find_engine(data / "containers")
-    if not isolation.containers:
-        print(f"Error: building images needs a container engine: {isolation.reason}.",
-              file=sys.stderr)
-        return 1
-    client = connect(isolation.url, timeout=1800)
     try:
-        for name in names:
-            # --base replaces the base of the catalogue's images; the platform images are
-            # layers on the python image whatever base that one had
-            base = args.base if OFFICIAL[name].slug else None
-            built = build_official(client, name, data / "containers" / "cache", base=base)
-            if built.slug and ((data / "fermi.sqlite").exists() or args.db_url):
-                record(make_session_factory(args.db_url or platform_db_url(data)), built)
-                print(f"Pinned {built.reference} as version {built.tag} of catalogue image "
-                      f"{built.slug!r}.")
+        with _images_engine(data, "building images") as client:
+            for name in names:
+                # --base replaces the base of the catalogue's images; the platform images are
+                # layers on the python image whatever base that one had
+                base = args.base if OFFICIAL[name].slug else None
+                built = build_official(client, name, data / "containers" / "cache", base=base)
+                if built.slug and ((data / "fermi.sqlite").exists() or args.db_url):
+                    record(make_session_factory(args.db_url or platform_db_url(data)), built)
+                    print(f"Pinned {built.reference} as version {built.tag} of catalogue image "
+                          f"{built.slug!r}.")
     except BuildFailed as error:
         print(f"Error: {error}", file=sys.stderr)
         return 1
-    finally:
-        client.close()
-        if service is not None:
-            service.stop()
+    return 0
+
+
+def cmd_images_push(args) -> int:
+    """Push built official images to a registry; write their digests where a cluster install
+    reads them (a chart overlay, kustomizations, and the catalogue with --db-url)."""
+    from .containers.images import BuildFailed
+    from .containers.push import (PushFailed, built_here, check_registry, pinned_seed, push,
+                                  record_pushed, write_install)
+
+    try:
+        registry = check_registry(args.registry)
+    except PushFailed as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 2
+    try:
+        with _images_engine(Path(args.data_dir).resolve(), "pushing images") as client:
+            pushed = [push(client, name, registry, insecure=args.insecure)
+                      for name in built_here(client, args.names)]
+        catalog = pinned_seed(pushed)
+        values, extras, kserve = write_install(Path(args.out), registry, pushed, catalog)
+        if args.db_url:
+            record_pushed(args.db_url, pushed, catalog)
+    except (PushFailed, BuildFailed) as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
+    for built in pushed:
+        print(f"Pushed {built.name}: {built.reference}")
+    print(f"Wrote {values}: give it to helm after hub_config/helm/values.yaml "
+          f"(--values hub_config/helm/values.yaml --values {values})")
+    print(f"Wrote {extras.parent}/: kubectl apply -n fermi -k {extras.parent}")
+    print(f"Wrote {kserve.parent}/: kubectl apply -k {kserve.parent} (where KServe is installed)")
+    if args.db_url:
+        print("Pinned the catalogue's images in the platform database of --db-url.")
     return 0
 
 
@@ -420,8 +465,10 @@ def parser() -> argparse.ArgumentParser:
                          "else fermi.sqlite in the data dir)")
     upgrade.set_defaults(func=cmd_db_upgrade)
 
-    images = sub.add_parser("images", help="the official container images").add_subparsers(
-        dest="action", required=True)
+    about_images = ("the official container images, from images/NAME/Dockerfile: build them "
+                    "with this machine's engine, push them to a registry for a cluster")
+    images = sub.add_parser("images", help=about_images, description=about_images
+                            ).add_subparsers(dest="action", required=True)
     build = images.add_parser("build", help="build official images from images/NAME/Dockerfile "
                               "with this machine's container engine and pin their digests")
     build.add_argument("names", nargs="*", metavar="NAME", help="python, hub, router, model-server (the default: all four), pytorch "
@@ -432,6 +479,26 @@ def parser() -> argparse.ArgumentParser:
                             "(default ./fermi-data)")
     build.add_argument("--db-url", help="the platform database, if not the data dir's")
     build.set_defaults(func=cmd_images_build)
+    upload = images.add_parser(
+        "push", help="push built official images to a registry and write their digests where "
+        "a cluster install reads them: a Helm values overlay, kustomizations of extras.yaml and "
+        "kserve.yaml, and the catalogue (docs/kubernetes.md)")
+    upload.add_argument("names", nargs="*", metavar="NAME",
+                        help="what to push (default: python, hub, router, model-server, and "
+                             "pytorch if built); each must be built (`fermi images build`)")
+    upload.add_argument("--registry", required=True, metavar="HOST[:PORT]/PREFIX",
+                        help="where to, e.g. registry.example.org/fermi: images go to "
+                             "PREFIX/NAME:VERSION. The engine's login applies (`podman login`)")
+    upload.add_argument("--insecure", action="store_true",
+                        help="the registry speaks plain HTTP or has an untrusted certificate "
+                             "(podman; Docker wants it in its daemon's insecure-registries)")
+    upload.add_argument("--out", default="fermi-images", metavar="DIR",
+                        help="where the overlay and kustomizations go (default ./fermi-images)")
+    upload.add_argument("--db-url", help="also pin the catalogue's images in this platform "
+                        "database (the cluster's FERMI_DB_URL), for a platform already running")
+    upload.add_argument("--data-dir", default="fermi-data",
+                        help="the data dir whose engine built the images (default ./fermi-data)")
+    upload.set_defaults(func=cmd_images_push)
 
     jobs = sub.add_parser("jobs", help="training jobs").add_subparsers(dest="action", required=True)
     submit = jobs.add_parser("submit", help="run a notebook as a training job")

@@ -167,7 +167,7 @@ def image_build(w: Walk):
 def image_pull(w: Walk):
     # the suite's platform runs workloads as processes: a pull is refused (409, containers are
     # off) and writes nothing (tests/containers/test_custom_images.py pulls for real)
-    return (w.admin, "POST", "catalog/images/python-local/pull", {"json": {"tag": "2025-06-30"}},
+    return (w.admin, "POST", "catalog/images/python-local/pull", {"json": {"tag": "0.1.0"}},
             None, None)
 
 

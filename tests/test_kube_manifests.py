@@ -131,7 +131,7 @@ async def test_the_pod_of_every_profile_is_valid_for_kubernetes(db_url, profile)
     limits, requests = resources(pod)["limits"], resources(pod)["requests"]
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
     assert env["FERMI_PROFILE"] == profile and env["FERMI_IMAGE"] == "python-local"
-    assert pod["spec"]["containers"][0]["image"] == "quay.io/jupyter/scipy-notebook:2025-06-30"
+    assert pod["spec"]["containers"][0]["image"] == "localhost/fermi/python:0.1.0"
     if profile.startswith("cpu"):
         assert "nvidia.com/gpu" not in limits and "nvidia.com/gpu" not in requests
         assert not pod["spec"].get("tolerations") and not pod["spec"].get("nodeSelector")
@@ -181,7 +181,7 @@ async def test_nothing_of_one_spawn_leaks_into_the_next(db_url):
     assert "nvidia.com/gpu" not in resources(cpu)["requests"]
     assert cpu["spec"]["nodeSelector"] == {"site": "a"}
     assert not cpu["spec"].get("tolerations") and not cpu["spec"].get("imagePullSecrets")
-    assert cpu["spec"]["containers"][0]["image"].startswith("quay.io/jupyter/scipy-notebook:")
+    assert cpu["spec"]["containers"][0]["image"].startswith("localhost/fermi/python:")
 
 
 async def test_group_restrictions_and_unknown_choices_are_refused_like_the_local_spawner(db_url):

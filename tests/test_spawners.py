@@ -163,7 +163,7 @@ def test_the_spawn_form_is_the_catalogue_and_shows_an_admin_edit_at_once(gpu_pla
     gpu_card = re.search(r'data-profile="gpu-a100-1">.*?</label>', form.text, re.S).group(0)
     assert "1 GPU (nvidia-a100)" in gpu_card and "of 2 GPUs free now" in gpu_card
     assert '<option value="python-local" selected>' in form.text
-    assert "2025-06-30 (python 3.11, framework scikit-learn)" in form.text
+    assert "0.1.0 (python 3.11, framework scikit-learn)" in form.text
 
     current = admin.api("GET", f"catalog/profiles/{slug}")
     edited = admin.api("PATCH", f"catalog/profiles/{slug}", json={"cpu": 3, "price_per_hour": 0.75},
@@ -182,7 +182,7 @@ def test_a_rest_spawn_runs_the_profiles_environment_and_is_billed_on_stop(gpu_pl
     start(user, {"profile": "cpu-small"})
     model = server_model(gpu_platform, user.name)
     assert model["user_options"] == {"profile": "cpu-small", "image": "python-local",
-                                     "image_version": "2025-06-30"}
+                                     "image_version": "0.1.0"}
     env = environ(model)
     assert env["FERMI_PROFILE"] == "cpu-small" and env["FERMI_IMAGE"] == "python-local"
     assert env["CUDA_VISIBLE_DEVICES"] == ""  # a CPU server sees no GPU

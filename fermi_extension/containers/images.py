@@ -271,9 +271,20 @@ def _link_or_copy(source: str, target: str) -> None:
         shutil.copy2(source, target)
 
 
+def pinned(image, built: Built) -> dict:
+    """The change that makes ``built`` the catalogue image's first version (its default): the
+    image points at the built repository and gets (or updates) the version ``built.tag`` with
+    the digest, keeping the labels that version had."""
+    # versions of another repository (the seed's upstream reference) do not name this image
+    kept = image.versions if image.reference == built.repository else []
+    versions = [v.model_dump(mode="json") for v in kept if v.tag != built.tag]
+    labels = next((v.labels for v in image.versions if v.tag == built.tag), {"python": "3.11"})
+    versions.insert(0, {"tag": built.tag, "digest": built.digest, "labels": dict(labels)})
+    return {"reference": built.repository, "versions": versions}
+
+
 def record(session_factory, built: Built, by: str = "fermi images build") -> None:
-    """Pin ``built`` in the catalogue: its image points at the built repository and gets (or
-    updates) the version ``built.tag`` with the digest, first in the list (the default)."""
+    """Pin ``built`` in the platform database's catalogue (``pinned``), as an audited change."""
     from ..caller import Caller
     from ..catalog.service import ANY, CatalogEditor
     from ..catalog.store import CatalogStore
@@ -287,10 +298,4 @@ def record(session_factory, built: Built, by: str = "fermi images build") -> Non
         image = store.get("images", built.slug)
     except NotFound:
         raise BuildFailed(f"the catalogue has no image {built.slug!r} to pin the build to") from None
-    # versions of another repository (the seed's upstream reference) do not name this image
-    kept = image.versions if image.reference == built.repository else []
-    versions = [v.model_dump(mode="json") for v in kept if v.tag != built.tag]
-    labels = next((v.labels for v in image.versions if v.tag == built.tag), {"python": "3.11"})
-    versions.insert(0, {"tag": built.tag, "digest": built.digest, "labels": dict(labels)})
-    editor.update("images", built.slug, {"reference": built.repository, "versions": versions},
-                  expected=ANY)
+    editor.update("images", built.slug, pinned(image, built), expected=ANY)

@@ -3,7 +3,7 @@
 ``user_options`` have KubeSpawner's shape, so a script starts a server through the hub REST API
 as it would on any JupyterHub (``POST /hub/api/users/NAME/server {"profile": "cpu-small"}``)::
 
-    {"profile": "cpu-small", "image": "python-local", "image_version": "2025-06-30"}
+    {"profile": "cpu-small", "image": "python-local", "image_version": "0.1.0"}
 
 Every key is optional: a missing one means the default. ``resolve`` checks the options against
 the catalogue as it is *now* and turns them into a ``Resolved`` choice, or refuses them with a

@@ -68,7 +68,7 @@ class Cluster:
     dataset_claims: tuple[str, ...] = ()
     use_kueue: bool = True
     # images/model-server (`fermi images build`); `fermi images push` overlays a digest
-    serving_image: str = f"fermi/model-server:{__version__}"
+    serving_image: str = f"localhost/fermi/model-server:{__version__}"
     vllm_image: str = "vllm/vllm-openai:v0.11.0"
 
 

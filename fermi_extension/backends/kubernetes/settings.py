@@ -93,13 +93,12 @@ class KubernetesSettings(LoggingConfigurable):
     serving_image = Unicode(
         help="""Image of model-server pods, built by `fermi images build model-server` (default:
         $FERMI_SERVING_IMAGE, which the overlay of `fermi images push` sets to the pushed
-        digest, else fermi/model-server:VERSION).""",
+        digest, else localhost/fermi/model-server:VERSION, the name the build gives it).""",
     ).tag(config=True)
 
     @default("serving_image")
     def _serving_image_default(self):
-        from ... import __version__
-        return os.environ.get("FERMI_SERVING_IMAGE", f"fermi/model-server:{__version__}")
+        return os.environ.get("FERMI_SERVING_IMAGE", Cluster.serving_image)
 
     vllm_image = Unicode("vllm/vllm-openai:v0.11.0", help="Image of vLLM model servers.").tag(
         config=True)
