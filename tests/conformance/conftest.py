@@ -13,11 +13,15 @@ Fixtures:
 - ``driver.dataset(name, files)``: a dataset version attached the way that backend attaches one
   (local: a folder; kubernetes: a claim's subPath).
 - ``runtime``: the runtime spec of the shipped catalogue's default image × ``cpu-small``.
+- ``api_calls_granted`` (session, autouse; ``tests/kube/rbac.py``): at the end, every API call
+  the Kubernetes backend made through the stand-in is one the chart's RBAC grants.
 """
 
 from __future__ import annotations
 
 import pytest
+
+from tests.kube.rbac import api_calls_granted  # noqa: F401
 
 from .drivers import KubernetesDriver, LocalDriver, default_runtime
 

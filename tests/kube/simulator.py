@@ -27,23 +27,56 @@ that job's folder under ``jobs_dir``, a dataset claim ``CLAIM/SUBPATH`` is a fol
 here) and placing each mount nested in another (a dataset inside the working folder) as a link.
 Its exit code ends the pod (``FallbackToLogsOnError`` for a failure's message); an eviction or a
 deletion kills it.
+
+Where kmock is laxer than an API server in ways a client's correctness depends on,
+``ClusterEmulator`` (a subclass) answers as an API server does:
+
+- every change gets the next resourceVersion (one counter for all kinds, as etcd's revision)
+  and a new object its uid; a list says the current resourceVersion. kmock announces each change
+  on its resource's bus; ``VersionedBus`` stamps it there and keeps it until ``compact()``;
+- a watch from resourceVersion N replays the changes after N, then follows; without one (or
+  "0"), it starts with every object as ADDED. From a compacted N it is answered 410 Gone, or
+  (``compact(expired_as="event")``) opened with an ERROR event 410 Expired. It ends cleanly at
+  its ``timeoutSeconds``, after a BOOKMARK with the current resourceVersion
+  (``allowWatchBookmarks``);
+- ``break_watches(kind, how)`` ends the open watches of clients (not the controllers'): with an
+  ERROR event 410 (``expire``), or by closing the connection mid-stream (``drop``); within
+  ``watches_refused(kind)`` their new watches are answered 503;
+- a create or patch whose result, for a built-in kind, the official schema of Kubernetes
+  ``SCHEMA_VERSION`` (kubernetes-validate, strict) refuses is answered 422 Invalid with the
+  schema's complaint (a Status, reason Invalid); kinds without an official schema (Kueue's,
+  KServe's) are stored as sent. The controllers' own status writes are held to the same schema;
+- requests are told apart by their bearer token: the backend's kubeconfig carries
+  ``rbac.BACKEND_TOKEN``, the controllers (and tests acting as the world, ``client``)
+  ``CONTROLLERS_TOKEN``. Each of the backend's requests is recorded as the RBAC call it is
+  (``calls``, and the session's ``rbac.RECORDED``; see ``rbac.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
-import os
 import re
 import secrets
 import sys
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import kubernetes_validate
+import kubernetes_validate.utils
 from kmock import KubernetesEmulator, Server
+from kmock import resource as kmock_resource
+from kmock._internal import aiobus, enums
+from kmock._internal.dicts import patch_dict
+from kmock._internal.k8s import KubernetesError
 from kubernetes_asyncio import client as kclient
 
-from fermi_extension.backends.kubernetes.kube_client import KubeClient, KubeError
+from fermi_extension.backends.kubernetes.kube_client import KINDS, KubeClient, KubeError
+
+from .rbac import BACKEND_TOKEN, RECORDED, Recorded
 
 NAMESPACE = "fermi"
 CORE_RESOURCES = ["batch/v1/jobs", "v1/pods", "v1/services", "v1/configmaps", "apps/v1/deployments",
@@ -52,6 +85,12 @@ KUEUE_RESOURCES = ["kueue.x-k8s.io/v1beta1/localqueues", "kueue.x-k8s.io/v1beta1
                    "kueue.x-k8s.io/v1beta1/resourceflavors", "kueue.x-k8s.io/v1beta1/workloads"]
 KSERVE_RESOURCES = ["serving.kserve.io/v1beta1/inferenceservices"]
 KUEUE_WORKLOADS = "kueue.x-k8s.io/v1beta1/workloads"
+CONTROLLERS_TOKEN = "fake-cluster-controllers"  # the stand-in's controllers and the tests' client
+SCHEMA_VERSION = "1.31.0"  # the oldest Kubernetes the backend supports (1.31–1.37)
+# kubernetes-validate reads and parses its schema files on every call (~20 ms); the stand-in
+# validates every write, so it keeps them parsed
+kubernetes_validate.utils.schema_contents = functools.lru_cache(
+    kubernetes_validate.utils.schema_contents)
 
 
 def kubeconfig_for(url: str, path: Path) -> Path:
@@ -59,8 +98,15 @@ def kubeconfig_for(url: str, path: Path) -> Path:
         "apiVersion: v1\nkind: Config\n"
         f"clusters: [{{name: kmock, cluster: {{server: \"{url}\"}}}}]\n"
         "contexts: [{name: kmock, context: {cluster: kmock, user: kmock}}]\n"
-        "current-context: kmock\nusers: [{name: kmock, user: {token: kmock}}]\n")
+        f"current-context: kmock\nusers: [{{name: kmock, user: {{token: {BACKEND_TOKEN}}}}}]\n")
     return path
+
+
+def client_for(url: str, token: str) -> KubeClient:
+    """A client of the stand-in that says who it is by ``token``."""
+    configuration = kclient.Configuration(host=url)
+    configuration.api_key["BearerToken"] = f"Bearer {token}"
+    return KubeClient(kclient.ApiClient(configuration))
 
 
 class FakeCluster:
@@ -74,11 +120,12 @@ class FakeCluster:
         self.processes: dict[str, asyncio.subprocess.Process] = {}  # job name → its pod's
         self.kueue, self.kserve, self.admit = kueue, kserve, admit
         self.pod_delay = pod_delay
-        self.emulator: KubernetesEmulator | None = None
+        self.emulator: ClusterEmulator | None = None
         self.server: Server | None = None
         self.client: KubeClient | None = None
         self.tasks: list[asyncio.Task] = []
         self.pods: dict[str, str] = {}  # job name → pod name
+        self.images: dict[str, str] = {}  # pod name → its notebook container's image
         self.running: set[str] = set()  # jobs whose pod runs
         self.logs: dict[str, bytes] = {}
         self._held: dict[str, asyncio.Task] = {}
@@ -87,7 +134,7 @@ class FakeCluster:
         self.history: list = []  # every request the API stand-in received (record=True)
 
     async def __aenter__(self) -> "FakeCluster":
-        self.emulator = _lean_emulator(self.history if self.record else None)
+        self.emulator = ClusterEmulator(self.history if self.record else None)
         await self.emulator.__aenter__()
         for resource in CORE_RESOURCES + (KUEUE_RESOURCES if self.kueue else []) + (
                 KSERVE_RESOURCES if self.kserve else []):
@@ -98,7 +145,7 @@ class FakeCluster:
         self.server = Server(self.emulator)
         await self.server.__aenter__()
         self.url = str(self.server.url).rstrip("/")
-        self.client = KubeClient(kclient.ApiClient(kclient.Configuration(host=self.url)))
+        self.client = client_for(self.url, CONTROLLERS_TOKEN)
         if self.kueue:  # the operator applied the pools' queues (queues.py)
             await self._apply_kueue_queues()
         self.tasks = [asyncio.create_task(self._watch("Job", self._on_job)),
@@ -140,15 +187,13 @@ class FakeCluster:
     # -- the controllers ----------------------------------------------------------------------
 
     async def _watch(self, kind: str, handler) -> None:
-        seen_deleted: set[str] = set()
-        while True:
+        while True:  # each (re)start of the watch brings every object as ADDED: handlers repeat
             try:
                 async for event in self.client.watch(kind, None, timeout_seconds=3600):
-                    obj = event.get("object") or {}
-                    name = obj.get("metadata", {}).get("name")
-                    if event.get("type") == "DELETED":
-                        seen_deleted.add(name)
-                    await handler(event["type"], obj)
+                    if event["type"] == "ERROR":
+                        break
+                    if event["type"] != "BOOKMARK":
+                        await handler(event["type"], event.get("object") or {})
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -260,6 +305,7 @@ class FakeCluster:
         name = job["metadata"]["name"]
         pod_name = f"{name}-{secrets.token_hex(3)}"
         self.pods[name] = pod_name
+        self.images[pod_name] = job["spec"]["template"]["spec"]["containers"][0]["image"]
         labels = {**job["spec"]["template"]["metadata"].get("labels", {}),
                   "batch.kubernetes.io/job-name": name, "job-name": name}
         await self.client.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
@@ -268,7 +314,7 @@ class FakeCluster:
         if self.pod_delay:
             await asyncio.sleep(self.pod_delay)
         await self._patch_pod(pod_name, {"phase": "Running", "containerStatuses": [
-            {"name": "notebook", "ready": True, "state": {"running": {}}}]})
+            self._container_status(pod_name, {"running": {}}, ready=True)]})
         await self._quietly(self.client.patch("Job", NAMESPACE, name,
                                               {"status": {"active": 1, "ready": 1}}, "status"))
         self.running.add(name)
@@ -394,8 +440,7 @@ class FakeCluster:
             (folder / "output.ipynb").write_text((folder / "input.ipynb").read_text())
         self.logs[pod] = self.logs.get(pod, b"") + b"Ending Cell 2-----------------------------\n"
         await self._patch_pod(pod, {"phase": "Succeeded", "containerStatuses": [
-            {"name": "notebook", "ready": False,
-             "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]})
+            self._container_status(pod, {"terminated": {"exitCode": 0, "reason": "Completed"}})]})
         await self._quietly(self.client.patch("Job", NAMESPACE, job_name, {"status": {
             "active": 0, "ready": 0, "succeeded": 1,
             "conditions": [{"type": "Complete", "status": "True"}]}}, "status"))
@@ -409,16 +454,22 @@ class FakeCluster:
                        "Exception encountered at \"In [2]\":\n" f"{error}\n")
             self.logs[pod] = self.logs.get(pod, b"") + message.encode()
         await self._patch_pod(pod, {"phase": "Failed", "containerStatuses": [
-            {"name": "notebook", "ready": False, "state": {"terminated": {
-                "exitCode": exit_code, "reason": "Error", "message": message}}}]})
+            self._container_status(pod, {"terminated": {
+                "exitCode": exit_code, "reason": "Error", "message": message}})]})
+        await self._job_failed(job_name, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+
+    async def oom_kill(self, job_name: str) -> None:
+        """The kernel kills the job's container at its memory limit (exit 137, OOMKilled)."""
+        pod = self.pods[job_name]
+        self._stop_container(job_name)
+        await self._patch_pod(pod, {"phase": "Failed", "containerStatuses": [
+            self._container_status(pod, {"terminated": {"exitCode": 137,
+                                                        "reason": "OOMKilled"}})]})
         await self._job_failed(job_name, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
 
     async def evict(self, job_name: str) -> None:
         pod = self.pods[job_name]
-        held = self._held.pop(job_name, None)
-        if held is not None:
-            held.cancel()
-        self._kill(job_name)
+        self._stop_container(job_name)
         await self._patch_pod(pod, {
             "phase": "Failed", "reason": "Evicted",
             "message": "The node was low on resource: memory.",
@@ -433,8 +484,56 @@ class FakeCluster:
             "conditions": [{"type": "Failed", "status": "True", "reason": reason,
                             "message": message}]}}, "status"))
 
+    def _stop_container(self, job_name: str) -> None:
+        held = self._held.pop(job_name, None)
+        if held is not None:
+            held.cancel()
+        self._kill(job_name)
+
+    def _container_status(self, pod: str, state: dict, ready: bool = False) -> dict:
+        """The notebook container's status as a kubelet reports it (every required field)."""
+        image = self.images.get(pod, "")
+        return {"name": "notebook", "ready": ready, "restartCount": 0, "image": image,
+                "imageID": f"{image}@sha256:{'0' * 64}", "state": state}
+
     async def _patch_pod(self, pod: str, status: dict) -> None:
         await self._quietly(self.client.patch("Pod", NAMESPACE, pod, {"status": status}, "status"))
+
+    # -- what tests do to the backend's watches -------------------------------------------------
+
+    def open_watches(self, kind: str) -> int:
+        """How many watches of ``kind`` clients (the backend, not the controllers) hold open."""
+        return len(self.emulator.client_watches(_resource_of(kind)))
+
+    def break_watches(self, kind: str, how: str) -> int:
+        """End the clients' (the backend's, not the controllers') open watches of ``kind``:
+        ``expire`` (an ERROR event, 410 Expired, as when the API server's watch cache has moved
+        past them) or ``drop`` (the connection closes mid-stream). The number of watches told."""
+        watches = self.emulator.client_watches(_resource_of(kind))
+        for watch in watches:
+            watch.inbox.put_nowait(how)
+        return len(watches)
+
+    def compact(self, expired_as: str = "status") -> int:
+        """Forget the changes so far (etcd's compaction): a watch that asks to resume from an
+        older resourceVersion is answered 410 Gone (``status``), or opened with an ERROR event
+        410 Expired (``event``, as API servers mostly do). The current resourceVersion."""
+        self.emulator.expired_as = expired_as
+        for bus in self.emulator._buses.values():
+            bus.changes.clear()
+            bus.compacted = self.emulator.revision
+        return self.emulator.revision
+
+    @contextlib.contextmanager
+    def watches_refused(self, kind: str):
+        """While inside, clients' new watches of ``kind`` are answered 503 (an API server
+        restarting behind its load balancer); the controllers' go on."""
+        resource = _resource_of(kind)
+        self.emulator.refused.add(resource)
+        try:
+            yield
+        finally:
+            self.emulator.refused.discard(resource)
 
     # -- serving ------------------------------------------------------------------------------
 
@@ -473,18 +572,223 @@ class FakeCluster:
                 raise
 
 
-def _lean_emulator(history: list | None) -> KubernetesEmulator:
-    """kmock's emulator matches each request against its whole request history (quadratic over a
-    test); this one keeps its history aside, so a thousand jobs stay linear."""
+class _Buses(dict):
+    """kmock announces every change on its resource's bus: a ``VersionedBus`` per resource."""
 
-    class LeanEmulator(KubernetesEmulator):
-        async def _handle(self, request):
-            if history is not None:
-                history.append(request)
-            del self._requests[:-1]
-            return await super()._handle(request)
+    def __init__(self, emulator: "ClusterEmulator"):
+        super().__init__()
+        self.emulator = emulator
 
-    return LeanEmulator()
+    def __missing__(self, resource):
+        bus = self[resource] = VersionedBus(self.emulator, resource)
+        return bus
+
+
+class VersionedBus(aiobus.Bus):
+    """A resource's change bus that gives each change the next resourceVersion (one counter for
+    the whole stand-in, as etcd's revision is) and keeps the changes since the last compaction,
+    so that a watch can resume after any resourceVersion it saw."""
+
+    def __init__(self, emulator: "ClusterEmulator", resource):
+        super().__init__()
+        self.emulator, self.resource = emulator, resource
+        self.changes: list[tuple[int, dict]] = []  # (resourceVersion, event) since ``compacted``
+        self.compacted = 0
+
+    async def put(self, *events) -> None:
+        for event in events:
+            self.changes.append((self.emulator.stamp(self.resource, event), event))
+        await super().put(*events)
+
+
+@dataclass(eq=False)
+class OpenWatch:
+    """A watch the stand-in is serving: whose, of what, and what it is to send next (changes,
+    or "expire" / "drop")."""
+
+    caller: str
+    resource: object
+    inbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+
+class ClusterEmulator(KubernetesEmulator):
+    """kmock's emulator with what a test of a watching client needs of an API server (see the
+    module docstring): resourceVersions, watches that resume, expire, time out and break,
+    schema validation of built-in kinds, and the record of requests.
+
+    kmock's own matches each request against its whole request history (quadratic over a test);
+    this one keeps its history aside (``history``), so a thousand jobs stay linear."""
+
+    def __init__(self, history: list | None):
+        super().__init__()
+        self.history = history
+        self.calls = Recorded()  # what the backend asked of this stand-in (rbac.py)
+        self.revision = 0
+        self._buses = _Buses(self)
+        self.watches: set[OpenWatch] = set()
+        self.refused: set[object] = set()  # resources whose clients' watches are answered 503
+        self.expired_as = "status"  # a watch from a compacted resourceVersion: 410, or "event"
+
+    # -- every request ---------------------------------------------------------------------
+
+    async def _handle(self, request):
+        if self.history is not None:
+            self.history.append(request)
+        del self._requests[:-1]
+        if caller(request) == BACKEND_TOKEN:
+            self.calls.add(request)
+            RECORDED.add(request)
+        if request.action in (enums.action.CREATE, enums.action.UPDATE) and request.resource:
+            self._validate(request)
+        return await super()._handle(request)
+
+    def _validate(self, request) -> None:
+        """A built-in kind's object as it would be stored (created, or merge-patched), against
+        the official schema of Kubernetes ``SCHEMA_VERSION`` (strict): 422 Invalid, as an API
+        server answers. Kinds without an official schema (Kueue's, KServe's) pass."""
+        if request.action == enums.action.CREATE:
+            result = request.data
+        else:
+            stored = self._stored((request.resource, request.namespace, request.name))
+            if stored is None:
+                return  # kmock answers 404
+            result = patch_dict(stored.raw, request.data or {})
+        message = schema_error(result)
+        if message:
+            raise KubernetesError(422, "Invalid", message, {
+                "name": (result.get("metadata") or {}).get("name"), "kind": result.get("kind")})
+
+    def stamp(self, resource, event: dict) -> int:
+        """The next resourceVersion, on the event's object and on the stored object (kmock hands
+        the bus a copy); a new object also gets its uid."""
+        self.revision += 1
+        obj = event["object"]
+        meta = {**(obj.get("metadata") or {}), "resourceVersion": str(self.revision)}
+        if event["type"] == "ADDED":
+            meta.setdefault("uid", str(uuid.uuid4()))
+        obj["metadata"] = meta
+        stored = self._stored((resource, meta.get("namespace"), meta.get("name")))
+        if event["type"] != "DELETED" and stored is not None:
+            stored.last["metadata"] = meta
+        return self.revision
+
+    def _stored(self, key):
+        """The live object at (resource, namespace, name), or None."""
+        return self.objects[key] if key in self.objects and not self.objects[key].deleted \
+            else None
+
+    # -- list and watch --------------------------------------------------------------------
+
+    async def _serve_list(self, request):
+        listing = await super()._serve_list(request)
+        listing["metadata"] = {"resourceVersion": str(self.revision)}
+        return listing
+
+    async def _serve_watch(self, request):
+        bus = self._buses[request.resource]
+        since = request.params.get("resourceVersion") or "0"
+        who = caller(request)
+        if who != CONTROLLERS_TOKEN and request.resource in self.refused:
+            raise KubernetesError(503, "ServiceUnavailable",
+                                  "the API server is not serving watches right now")
+        async with self._lock:  # changes go onto the bus under this lock: none slips between
+            expired = since != "0" and int(since) < bus.compacted
+            if since == "0":  # the current state, as ADDED events
+                backlog = [{"type": "ADDED", "object": obj.raw}
+                           for (resource, namespace, _), obj in self.objects.items()
+                           if resource == request.resource and not obj.deleted
+                           and request.namespace in (None, namespace)]
+            else:
+                backlog = [event for version, event in bus.changes if version > int(since)]
+            mark = None if expired else await bus.mark()
+        if expired:
+            message = f"too old resource version: {since} ({bus.compacted})"
+            if self.expired_as == "status":
+                raise KubernetesError(410, "Expired", message)
+            yield b""
+            yield _expired(message)
+            return
+        watch = OpenWatch(who, request.resource)
+        pump = asyncio.create_task(self._pump(bus, mark, watch))
+        self.watches.add(watch)
+        timeout = float(request.params.get("timeoutSeconds") or 3600)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            yield b""  # the headers: the watch is open
+            for event in backlog:
+                yield event
+            while True:
+                try:
+                    item = await asyncio.wait_for(watch.inbox.get(), deadline - loop.time())
+                except asyncio.TimeoutError:  # timeoutSeconds: a bookmark, then a clean end
+                    if request.params.get("allowWatchBookmarks") == "true":
+                        yield self._bookmark(request.resource)
+                    return
+                if item == "expire":
+                    yield _expired("The resourceVersion for the provided watch is too old.")
+                    return
+                if item == "drop":  # the connection goes, mid-stream, without a last chunk
+                    request._raw_request.transport.abort()
+                    return
+                namespace = (item["object"].get("metadata") or {}).get("namespace")
+                if request.namespace in (None, namespace):
+                    yield item
+        finally:
+            self.watches.discard(watch)
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+            await bus.unmark(mark)
+
+    @staticmethod
+    async def _pump(bus, mark, watch: OpenWatch) -> None:
+        async for event in bus.stream(since=mark):
+            watch.inbox.put_nowait(event)
+
+    def _bookmark(self, resource) -> dict:
+        kind = next(k for k, v in KINDS.items() if v.plural == resource.plural)
+        return {"type": "BOOKMARK", "object": {
+            "apiVersion": KINDS[kind].api_version, "kind": kind,
+            "metadata": {"resourceVersion": str(self.revision)}}}
+
+    def client_watches(self, resource) -> list[OpenWatch]:
+        """The open watches of ``resource`` of clients other than the controllers."""
+        return [w for w in self.watches
+                if w.caller != CONTROLLERS_TOKEN and w.resource == resource]
+
+
+def _expired(message: str) -> dict:
+    return {"type": "ERROR", "object": {"apiVersion": "v1", "kind": "Status", "metadata": {},
+                                        "status": "Failure", "code": 410, "reason": "Expired",
+                                        "message": message}}
+
+
+def caller(request) -> str:
+    """The bearer token a request carries ("" without one)."""
+    header = request.headers.get("Authorization") or ""
+    return header.removeprefix("Bearer ").strip()
+
+
+def schema_error(obj: dict, version: str = SCHEMA_VERSION) -> str | None:
+    """What the official schema (strict) of Kubernetes ``version`` finds wrong with ``obj``, as
+    an API server words a 422; None when it is valid or of a kind with no official schema (a
+    custom resource)."""
+    try:
+        kubernetes_validate.validate(obj, version, strict=True)
+    except kubernetes_validate.SchemaNotFoundError:
+        return None
+    except kubernetes_validate.ValidationError as error:
+        group = obj.get("apiVersion", "").rpartition("/")[0]
+        where = error.json_path.removeprefix("$.").removeprefix("$")
+        name = (obj.get("metadata") or {}).get("name")
+        return (f"{obj.get('kind')}{'.' + group if group else ''} \"{name}\" is "
+                f"invalid: {where or '(root)'}: {error.message}")
+    return None
+
+
+def _resource_of(kind: str):
+    """kmock's resource key of a kind of ``KINDS`` (e.g. "Job")."""
+    return kmock_resource(f"{KINDS[kind].api_version}/{KINDS[kind].plural}")
 
 
 def _resource_path(resource) -> str:

@@ -6,6 +6,7 @@ and the deployment controller's replicas are slots of a Kubernetes Deployment.""
 from __future__ import annotations
 
 import asyncio
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -83,6 +84,7 @@ def events(plane, job_id) -> list[str]:
             select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))]
 
 
+@pytest.mark.parametrize("cluster_options", [{"run_pods": True}], indirect=True)
 async def test_a_restarted_control_plane_reattaches_to_its_kubernetes_job(kube, tmp_path):
     factory = factory_for(tmp_path)
     plane = await ControlPlane(kube, factory).start()
@@ -97,10 +99,13 @@ async def test_a_restarted_control_plane_reattaches_to_its_kubernetes_job(kube, 
     kube.release(plane.jobs.files(job_id))
     done = await plane.until(job_id, lambda j: j.status == "succeeded")
     assert done.handle_name is None and done.attempt == 1
-    # what the pod wrote and logged, collected by the control plane that reattached
-    files = plane.jobs.files(job_id)
-    assert plane.jobs.output(Caller("ann"), job_id) == (files.root / "input.ipynb").read_bytes()
-    assert "Ending Cell 2" in plane.jobs.logs(Caller("ann"), job_id).text
+    # what the pod's notebook printed and its log, collected by the control plane that
+    # reattached (the pod runs the job entry point for real: run_pods)
+    output = json.loads(plane.jobs.output(Caller("ann"), job_id))
+    printed = ["".join(o.get("text", "")) for cell in output["cells"]
+               for o in cell.get("outputs", [])]
+    assert "released\n" in printed
+    assert "Executing notebook" in plane.jobs.logs(Caller("ann"), job_id).text
     await plane.die()
 
 
@@ -121,8 +126,8 @@ async def test_cancel_deletes_the_job_and_an_evicted_attempt_is_retried(kube, tm
     kube.release(plane.jobs.files(evicted))
     assert (await plane.until(evicted, lambda j: j.status == "succeeded")).attempt == 2
 
-    fails = submit(plane, SUCCEEDS)
-    assert (await plane.until(fails, lambda j: j.status == "succeeded")).reason is None
+    succeeds = submit(plane, SUCCEEDS)
+    assert (await plane.until(succeeds, lambda j: j.status == "succeeded")).reason is None
     await plane.die()
 
 
@@ -277,3 +282,43 @@ async def test_gpu_replicas_stay_within_the_owners_gpu_quota(kube, tmp_path):
         held = [e.message for e in session.scalars(select(DeploymentEvent))
                 if e.kind == "scale-held"]
     assert len(held) == 1 and "quota of 1 GPUs in use is reached" in held[0]
+
+
+
+async def refused_launch(kube, tmp_path, monkeypatch):
+    """A distributed job whose rendezvous Service (the second object of its launch, after the
+    Job) carries a port the builders would never write, which the API server refuses (422
+    Invalid): the job as it ended."""
+    from fermi_extension.backends.kubernetes import jobs
+
+    make_job = jobs.make_job
+
+    def with_a_refused_service(*args, **kwargs):
+        objects = make_job(*args, **kwargs)
+        for obj in objects:
+            if obj["kind"] == "Service":
+                obj["spec"]["ports"][0]["port"] = "rendezvous"
+        return objects
+
+    monkeypatch.setattr(jobs, "make_job", with_a_refused_service)
+    plane = await ControlPlane(kube, factory_for(tmp_path)).start()
+    try:
+        job_id = submit(plane, SUCCEEDS, nodes=2)
+        return await plane.until(job_id, lambda j: j.status == "failed")
+    finally:
+        await plane.die()
+
+
+async def test_a_job_the_api_server_refuses_fails_in_the_servers_words(kube, tmp_path,
+                                                                      monkeypatch):
+    failed = await refused_launch(kube, tmp_path, monkeypatch)
+    assert failed.reason.startswith("Could not start: 422 Invalid: Service ") and \
+        "is invalid: spec.ports[0].port: 'rendezvous' is not of type 'integer'" in failed.reason
+
+
+@pytest.mark.xfail(strict=True, reason="KubeJobBackend.launch creates the Job, then the Service; "
+                   "when the Service is refused the Job stays (and runs): launch should delete "
+                   "what it created before raising (jobs.py, reported)")
+async def test_a_job_the_api_server_refuses_leaves_nothing_behind(kube, tmp_path, monkeypatch):
+    await refused_launch(kube, tmp_path, monkeypatch)
+    assert not kube.cluster.objects("batch/v1/jobs") and not kube.cluster.objects("v1/services")
