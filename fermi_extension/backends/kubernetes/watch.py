@@ -2,19 +2,27 @@
 watch stream, that many waiters share.
 
 A thousand running jobs cost one watch, not a thousand polls: ``wait_for(name, done)`` parks
-on the cache and wakes when an event for that object arrives. A broken stream is resumed from
-the last resourceVersion; an expired one (410 Gone) is listed again.
+on the cache and wakes when an event for that object arrives. A broken stream (dropped
+connection, server error) is resumed from the last resourceVersion seen (an event's or a
+BOOKMARK's); one that ends after its timeoutSeconds, at once; an expired one (410 Gone, as an
+ERROR event or as the answer to the watch request) is listed again, and what changed meanwhile
+is told to listeners and waiters as the watch would have told it (each change once).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Callable
 
 from .kube_client import KubeClient, KubeError
 
 log = logging.getLogger("fermi.kubernetes")
+
+
+def _version(obj: dict) -> str:
+    return (obj.get("metadata") or {}).get("resourceVersion") or ""
 
 
 def _matches(obj: dict, labels: dict[str, str]) -> bool:
@@ -72,9 +80,18 @@ class Informer:
         listing = await self.client.list(self.kind, self.namespace, self.selector)
         fresh = {o["metadata"]["name"]: o for o in listing.get("items", [])
                  if _matches(o, self.labels)}
+        before = self.objects
         self.objects = {name: self.trim(o) for name, o in fresh.items()}
         self._resource_version = (listing.get("metadata") or {}).get("resourceVersion", "")
-        self._wake_all()
+        if self._synced.is_set():  # listed again after the watch expired: the changes missed
+            for name, obj in fresh.items():
+                old = before.get(name)
+                if old is None:
+                    self._tell("ADDED", obj)
+                elif self._changed(old, obj):
+                    self._tell("MODIFIED", obj)
+            for name in before.keys() - fresh.keys():
+                self._tell("DELETED", before[name])
         self._synced.set()
 
     async def _run(self) -> None:
@@ -84,28 +101,31 @@ class Informer:
                 if need_list:
                     await self._relist()
                     need_list = False
-                async for event in self.client.watch(
+                # closed as soon as it is left (an expiry, an error), not when collected
+                async with contextlib.aclosing(self.client.watch(
                         self.kind, self.namespace, selector=self.selector,
                         resource_version=self._resource_version,
-                        timeout_seconds=self.timeout_seconds):
-                    kind, obj = event.get("type"), event.get("object") or {}
-                    if kind == "ERROR":
-                        if obj.get("code") == 410:  # our resourceVersion expired: list again
-                            need_list = True
-                            break
-                        raise KubeError(obj.get("code", 500), obj.get("reason", ""),
-                                        obj.get("message", ""))
-                    version = (obj.get("metadata") or {}).get("resourceVersion")
-                    if version:
-                        self._resource_version = version
-                    if kind == "BOOKMARK" or not _matches(obj, self.labels):
-                        continue
-                    await self._apply(kind, obj)
+                        timeout_seconds=self.timeout_seconds)) as events:
+                    async for event in events:
+                        kind, obj = event.get("type"), event.get("object") or {}
+                        if kind == "ERROR":
+                            raise KubeError(obj.get("code", 500), obj.get("reason", ""),
+                                            obj.get("message", ""))
+                        version = _version(obj)
+                        if version:
+                            self._resource_version = version
+                        if kind == "BOOKMARK" or not _matches(obj, self.labels):
+                            continue
+                        self._apply(kind, obj)
+                # ended cleanly (its timeoutSeconds): resume from where it was
             except asyncio.CancelledError:
                 raise
             except KubeError as error:
-                if error.status == 410:
+                if error.status == 410:  # our resourceVersion expired: list again, now
+                    log.info("watch of %s in %s expired; listing again", self.kind,
+                             self.namespace)
                     need_list = True
+                    continue
                 log.warning("watch of %s in %s ended (%s); resuming", self.kind, self.namespace,
                             error)
                 await asyncio.sleep(self.retry_seconds)
@@ -114,24 +134,28 @@ class Informer:
                             error)
                 await asyncio.sleep(self.retry_seconds)
 
-    async def _apply(self, kind: str, obj: dict) -> None:
+    def _changed(self, cached: dict, obj: dict) -> bool:
+        if _version(cached) and _version(obj):
+            return _version(cached) != _version(obj)
+        return self.trim(obj) != cached  # a trim that drops the resourceVersion
+
+    def _apply(self, kind: str, obj: dict) -> None:
         name = obj["metadata"]["name"]
         if kind == "DELETED":
             self.objects.pop(name, None)
         else:
             self.objects[name] = self.trim(obj)
+        self._tell(kind, obj)
+
+    def _tell(self, kind: str, obj: dict) -> None:
+        """Listeners and the waiters of this object hear of a change (the cache has it)."""
         for listener in self.listeners:
             try:
                 listener(kind, obj)
             except Exception:
                 log.exception("a listener of %s failed", self.kind)
-        for waiter in self._waiters.get(name, ()):
+        for waiter in self._waiters.get(obj["metadata"]["name"], ()):
             waiter.set()
-
-    def _wake_all(self) -> None:
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                waiter.set()
 
     async def wait_for(self, name: str, predicate: Callable[[dict | None], bool],
                        timeout: float | None = None) -> bool:
