@@ -316,9 +316,6 @@ async def test_a_job_the_api_server_refuses_fails_in_the_servers_words(kube, tmp
         "is invalid: spec.ports[0].port: 'rendezvous' is not of type 'integer'" in failed.reason
 
 
-@pytest.mark.xfail(strict=True, reason="KubeJobBackend.launch creates the Job, then the Service; "
-                   "when the Service is refused the Job stays (and runs): launch should delete "
-                   "what it created before raising (jobs.py, reported)")
 async def test_a_job_the_api_server_refuses_leaves_nothing_behind(kube, tmp_path, monkeypatch):
     await refused_launch(kube, tmp_path, monkeypatch)
     assert not kube.cluster.objects("batch/v1/jobs") and not kube.cluster.objects("v1/services")

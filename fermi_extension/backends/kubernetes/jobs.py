@@ -187,10 +187,23 @@ class KubeJobBackend(KubernetesSettings, JobBackend):
                            parameters=launch.parameters, env=launch.env, name=name,
                            nodes=launch.runtime.nodes, attempt=launch.attempt)
         write_json_atomic(files.process, {"pid": None, "started": None, "name": name})
-        for obj in objects:
-            created = await self.client.create(obj)
-            if obj["kind"] == "Job":
-                self.jobs.remember(created or obj)
+        made: list[dict] = []
+        try:
+            for obj in objects:
+                created = await self.client.create(obj)
+                made.append(obj)
+                if obj["kind"] == "Job":
+                    self.jobs.remember(created or obj)
+        except KubeError:
+            # an attempt is all its objects or none: a Job whose rendezvous Service was refused
+            # would run (and be billed) for a launch the platform reports as failed
+            try:
+                await gather_quietly(*(self.client.delete(o["kind"], self.namespace,
+                                                          o["metadata"]["name"]) for o in made))
+            except KubeError as error:  # the refusal is what the user needs to see
+                self.log.warning("could not remove the objects of refused launch %s: %s",
+                                 name, error)
+            raise
         return Handle(None, None, name)
 
     def alive(self, handle: Handle) -> bool:
