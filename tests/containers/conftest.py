@@ -11,6 +11,8 @@ only on a machine with no podman at all (said in the skip reason).
   (``containers/images.ensure_official``: reused when the engine has one built from the same
   source; ``FERMI_TEST_IMAGE_REUSE=1`` reuses any, while developing code that does not run in
   the image). Its base tar and wheel folder are cached in ``~/.cache/fermi-tests``.
+- ``platform_images``: the platform's own images (hub, router, model-server) of this source
+  tree, thin layers on ``official_image``, built and reused the same way.
 - ``container_platform``: one whole platform (`fermi up`) in container mode for the session,
   sharing the session's engine; its catalogue pins ``official_image``.
 """
@@ -69,15 +71,28 @@ def engine_client(engine):
         yield client
 
 
-@pytest.fixture(scope="session")
-def official_image(engine_client):
+def session_image(client, name: str) -> Built:
+    """The official image ``name`` of this source tree (see this module's docstring)."""
     if os.environ.get("FERMI_TEST_IMAGE_REUSE"):
         # while developing: whatever official image the engine has, however old its Fermi
-        official = OFFICIAL["python"]
-        digest = digest_of(engine_client, f"{official.repository}:{__version__}")
+        official = OFFICIAL[name]
+        digest = digest_of(client, f"{official.repository}:{__version__}")
         if digest:
-            return Built("python", official.slug, official.repository, __version__, digest)
-    return ensure_official(engine_client, "python", CACHE, same_source=True, log=lambda line: None)
+            return Built(name, official.slug, official.repository, __version__, digest)
+    return ensure_official(client, name, CACHE, same_source=True, log=lambda line: None)
+
+
+@pytest.fixture(scope="session")
+def official_image(engine_client):
+    return session_image(engine_client, "python")
+
+
+@pytest.fixture(scope="session")
+def platform_images(engine_client, official_image) -> dict[str, Built]:
+    """The platform's own images (``images/{hub,router,model-server}``: thin layers on
+    ``official_image``, seconds each; hub's psycopg wheels come from the index once), built once
+    per session as ``official_image`` is."""
+    return {name: session_image(engine_client, name) for name in ("hub", "router", "model-server")}
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,9 @@ rule says why:
 
 - a ``persistentVolumeClaim`` is a folder of this machine (``Node.claims``), mounted as a
   ``hostPath``; a mount's ``subPath`` becomes its own hostPath volume of that subfolder (podman
-  4.3 ignores ``subPath`` and would mount the whole claim: every user's jobs);
+  4.3 ignores ``subPath`` and would mount the whole claim: every user's jobs). A claim created
+  through the stand-in (KubeSpawner's home volume) gets a new folder of the node when a pod
+  first mounts it, as a dynamic provisioner would bind it;
 - ``fsGroup`` is what a kubelet does with it: the pod's processes get the group
   (``supplementalGroups``) and the claims' folders are made group-writable for it
   (``Kubelet.prepare``), since podman 4.3 ignores ``fsGroup``;
@@ -31,18 +33,24 @@ rule says why:
 - ``serviceAccountName``: no API server token is mounted (the pods here call no API; the chart's
   Role is checked elsewhere);
 - an image named in an object is played from the local image ``Node.images`` maps it to (the
-  images of this source tree; a cluster would pull the pushed ones by digest).
+  images of this source tree; a cluster would pull the pushed ones by digest);
+- podman's pod is named after the object with the node's prefix (``Kubelet.container``): the
+  engine is the machine's, and two test sessions playing ``hub-0`` at once must not replace
+  each other's pods.
 
 ``PodmanCluster`` plugs the runner into the stand-in: it is ``FakeCluster`` whose Job
 controller's pods run here (the pod's exit code → the pod's and the Job's status, through the
 same API the backend watches), whose Deployment controller runs ``spec.replicas`` pods of the
-template and reports ``readyReplicas`` from their readiness probes, and whose ConfigMap volumes
-follow the stand-in.
+template and reports ``readyReplicas`` from their readiness probes, whose ConfigMap volumes
+follow the stand-in, and whose kubelet runs a Pod created on its own (KubeSpawner's dev server
+pod): its status (phase Running, podIP, containers ready) patched as a kubelet reports it, and
+the pod removed when the Pod is deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -59,6 +67,7 @@ import yaml
 from .simulator import NAMESPACE, FakeCluster
 
 PODMAN = shutil.which("podman") or "podman"
+CLAIMS = "v1/persistentvolumeclaims"
 PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
 
 
@@ -220,6 +229,13 @@ class Kubelet:
         self.node, self.env = node, {**os.environ, **env}
         self.played: list[str] = []
         (node.root / "pods").mkdir(parents=True, exist_ok=True)
+        # podman's pod names are the engine's, shared with any other test session playing the
+        # same objects at the same time (pod `hub-0` twice): each node's own prefix keeps apart
+        self.prefix = "n" + hashlib.sha256(str(node.root).encode()).hexdigest()[:6]
+
+    def container(self, pod: str, container: str = "") -> str:
+        """podman's name of a pod (or of one of its containers) played on this node."""
+        return f"{self.prefix}-{pod}" + (f"-{container}" if container else "")
 
     def podman(self, *args: str, check: bool = True, timeout: float = 120) -> str:
         # conmon drops an `oom` file in its working folder after a memory kill: the node's
@@ -245,31 +261,35 @@ class Kubelet:
         name = manifest["metadata"]["name"]
         self.prepare(manifest)
         path = self.node.root / "pods" / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(manifest, sort_keys=False))
-        # a pod of this name left by an earlier run that was killed before its clean-up
-        self.podman("pod", "rm", "-f", "-t", "0", name, check=False)
+        played = {**manifest, "metadata": {**manifest["metadata"], "name": self.container(name)}}
+        path.write_text(yaml.safe_dump(played, sort_keys=False))
         self.played.append(name)
         self.podman("kube", "play", str(path), timeout=300)
         return name
 
     def ip(self, pod: str) -> str:
-        infra = self.podman("pod", "inspect", pod, "--format", "{{.InfraContainerID}}").strip()
+        infra = self.podman("pod", "inspect", self.container(pod), "--format",
+                            "{{.InfraContainerID}}").strip()
         return self.podman("inspect", infra, "--format",
                            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}").strip()
 
     def state(self, pod: str, container: str) -> tuple[str, int]:
         """(``running`` | ``exited`` | …, exit code) of a container of a played pod."""
-        out = self.podman("inspect", f"{pod}-{container}", "--format",
+        out = self.podman("inspect", self.container(pod, container), "--format",
                           "{{.State.Status}} {{.State.ExitCode}}", check=False).split()
         return (out[0], int(out[1])) if len(out) == 2 else ("gone", -1)
 
+    def exec(self, pod: str, container: str, argv: list[str]) -> str:
+        """``argv``'s output, run in a container of a played pod (as the container's user)."""
+        return self.podman("exec", self.container(pod, container), *argv)
+
     def restarts(self, pod: str, container: str) -> int:
-        out = self.podman("inspect", f"{pod}-{container}", "--format", "{{.RestartCount}}",
-                          check=False).strip()
+        out = self.podman("inspect", self.container(pod, container), "--format",
+                          "{{.RestartCount}}", check=False).strip()
         return int(out) if out.isdigit() else 0
 
     def logs(self, pod: str, container: str) -> bytes:
-        done = subprocess.run([PODMAN, "logs", f"{pod}-{container}"], env=self.env,
+        done = subprocess.run([PODMAN, "logs", self.container(pod, container)], env=self.env,
                               capture_output=True, timeout=60, cwd=self.node.root)
         return done.stdout + done.stderr
 
@@ -284,14 +304,15 @@ class Kubelet:
     def remove(self, pod: str) -> None:
         """Stop and remove the pod, its containers' logs kept beside its YAML (to read after a
         failure)."""
-        names = self.podman("ps", "-a", "--filter", f"pod={pod}", "--format", "{{.Names}}",
+        played = self.container(pod)
+        names = self.podman("ps", "-a", "--filter", f"pod={played}", "--format", "{{.Names}}",
                             check=False).split()
         with open(self.node.root / "pods" / f"{pod}.log", "ab") as out:
             for container in names:
                 if not container.endswith("-infra"):
                     out.write(f"==== {container}\n".encode())
-                    out.write(self.logs(pod, container[len(pod) + 1:]))
-        self.podman("pod", "rm", "-f", "-t", "2", pod, check=False)
+                    out.write(self.logs(pod, container[len(played) + 1:]))
+        self.podman("pod", "rm", "-f", "-t", "2", played, check=False)
         if pod in self.played:
             self.played.remove(pod)
 
@@ -344,11 +365,14 @@ class PodmanCluster(FakeCluster):
         self.job_pods: dict[str, str] = {}  # job name → podman pod
         self._reconciling: dict[str, asyncio.Task] = {}  # Deployment → its controller loop
         self._desired: dict[str, tuple[str, dict]] = {}  # Deployment → its latest event
-        self.errors: list[str] = []  # what the controllers could not do
+        self.own_pods: set[str] = set()  # Pods created on their own, played here
+        self.errors: dict[str, str] = {}  # object name → what its controller could not do
 
     async def __aenter__(self):
         await super().__aenter__()
-        self.tasks.append(asyncio.create_task(self._watch("ConfigMap", self._on_config_map)))
+        self.emulator.resources[CLAIMS] = {}  # KubeSpawner creates its users' home claims
+        self.tasks += [asyncio.create_task(self._watch("ConfigMap", self._on_config_map)),
+                       asyncio.create_task(self._watch("Pod", self._on_pod))]
         return self
 
     async def __aexit__(self, *exc):
@@ -360,8 +384,19 @@ class PodmanCluster(FakeCluster):
     def aliases(self) -> list[dict]:
         return host_aliases(self.objects("v1/services"), self.pod_ips)
 
+    def bind_claims(self) -> None:
+        """Every claim created through the stand-in is bound to a folder of the node (a
+        dynamic provisioner's volume, empty at first)."""
+        for claim in self.objects(CLAIMS):
+            name = claim["metadata"]["name"]
+            if name not in self.kubelet.node.claims:
+                folder = self.kubelet.node.root / "claims" / name
+                folder.mkdir(parents=True, exist_ok=True)
+                self.kubelet.node.claims[name] = folder
+
     def play(self, name: str, labels: dict, pod_spec: dict) -> str:
         """Play a pod now (its Service aliases as they are at this moment); its IP is known."""
+        self.bind_claims()
         manifest = pod_manifest(name, labels, pod_spec, self.kubelet.node, self.aliases())
         self.kubelet.play(manifest)
         self.pod_ips[pod_key(labels)] = self.kubelet.ip(name)
@@ -375,6 +410,40 @@ class PodmanCluster(FakeCluster):
         folder = AtomicFolder(self.kubelet.node.config_folder(
             "configmaps", config_map["metadata"]["name"]))
         await asyncio.to_thread(folder.write, config_map.get("data") or {})
+
+    # -- Pods created on their own (KubeSpawner's) ------------------------------------------
+
+    async def _on_pod(self, kind: str, pod: dict) -> None:
+        meta = pod["metadata"]
+        name = meta["name"]
+        if "job-name" in (meta.get("labels") or {}):
+            return  # the Job controller's, run by _run_container
+        if kind == "DELETED":
+            if name in self.own_pods:
+                self.own_pods.discard(name)
+                self.pod_ips.pop(pod_key(meta.get("labels") or {}), None)
+                await asyncio.to_thread(self.kubelet.remove, name)
+            return
+        if name in self.own_pods or (pod.get("status") or {}).get("phase"):
+            return
+        self.own_pods.add(name)
+        labels = meta.get("labels") or {}
+        try:
+            await asyncio.to_thread(self.play, name, labels, pod["spec"])
+            # no readinessProbe (KubeSpawner sets none): ready once its containers run
+            status = {"phase": "Running", "podIP": self.pod_ips[pod_key(labels)],
+                      "conditions": [{"type": "Ready", "status": "True"}],
+                      "containerStatuses": [{
+                          "name": c["name"], "ready": True, "restartCount": 0,
+                          "image": c["image"], "imageID": c["image"], "state": {"running": {}}}
+                          for c in pod["spec"]["containers"]]}
+        except Exception as error:  # said where a test's wait for the pod will show it
+            self.errors[name] = f"Pod {name}: {error}"
+            status = {"phase": "Failed", "message": str(error)[-1000:]}
+        try:
+            await self._patch_pod(name, status)
+        except Exception as error:
+            self.errors[name] = f"Pod {name}: its status {status}: {error}"
 
     # -- the Job controller's pods ---------------------------------------------------------
 
@@ -418,7 +487,7 @@ class PodmanCluster(FakeCluster):
         except asyncio.CancelledError:
             raise
         except Exception as error:  # said where a test's wait for readiness will show it
-            self.errors.append(f"Deployment {name}: {error!r}")
+            self.errors[name] = f"Deployment {name}: {error!r}"
             raise
 
     def _crash_looping(self, pods: list[str], spec: dict) -> None:

@@ -1,19 +1,26 @@
-"""The Kubernetes backend on a real cluster (kind, k3s, …): the same scenarios as the podman
-kubelet's (``tests/kube/scenarios.py``, ``tests/containers/test_kube_play.py``) — the training
-job succeeds and logs its metric and model, the model server answers V2 infer, the router splits
-traffic in the canary ratio — against a real API server, scheduler and kubelet. Skipped only
-when FERMI_TEST_KUBECONFIG is unset; with it set, anything missing fails (see docs/kubernetes.md,
-"Tests"):
+"""The Kubernetes backend on a real cluster (kind, k3s, …): the tests of the podman kubelet's
+suite (``tests/containers/test_kube_play.py``) — the same tests (``tests/kube/suite.py``) of the
+same scenarios (``tests/kube/scenarios.py``), in this module's world: the training job succeeds
+and logs its metric and model, a failing one says why, the model server answers V2 infer, the
+router splits traffic in the canary ratio, FermiKubeSpawner's dev server answers its user only,
+within its profile's limits, without the hub's secrets, saving into its home volume — against a
+real API server, scheduler and kubelet. Skipped only when FERMI_TEST_KUBECONFIG is unset; with
+it set, anything missing fails (see docs/kubernetes.md, "Tests"):
 
 - FERMI_TEST_KUBECONFIG: the cluster's kubeconfig; FERMI_TEST_NAMESPACE (default fermi-test),
   where everything runs and is deleted at the end;
-- FERMI_TEST_IMAGE: an image with this Fermi the cluster's nodes can run (e.g. `fermi images
-  build python` then `kind load docker-image localhost/fermi/python:0.1.0`, or one pushed with
-  `fermi images push`);
+- FERMI_TEST_IMAGE: the python image with this Fermi the cluster's nodes can run (jobs, dev
+  servers; e.g. `fermi images build` then `kind load docker-image
+  localhost/fermi/python:0.1.0`, or one pushed with `fermi images push`);
+- FERMI_TEST_HUB_IMAGE, FERMI_TEST_ROUTER_IMAGE, FERMI_TEST_SERVING_IMAGE: the hub, router and
+  model-server images (default: the names the chart and the settings give them, which `fermi
+  images build` tags; ``kind load`` them likewise);
 - FERMI_TEST_JOBS_DIR: the folder of the PVC ``fermi-jobs`` in that namespace as this machine
   sees it (the control plane shares it with job pods: e.g. kind's extraMounts of a hostPath
   PersistentVolume), so that the notebook reaches the pod and its output comes back;
-- ``kubectl`` on the PATH: the test reaches Services through ``kubectl port-forward``.
+- a default StorageClass (the dev server's home claim is provisioned dynamically);
+- ``kubectl`` on the PATH: the test reaches Services and pods through ``kubectl port-forward``
+  and runs its checks in the dev server's container through ``kubectl exec``.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import pytest
 import pytest_asyncio
 
 from tests.kube import scenarios
+from tests.kube.suite import *  # noqa: F401,F403 (the tests, run in this world)
 
 KUBECONFIG = os.environ.get("FERMI_TEST_KUBECONFIG", "")
 NAMESPACE = os.environ.get("FERMI_TEST_NAMESPACE", "fermi-test")
@@ -37,7 +45,12 @@ pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
     pytest.mark.timeout(900),
 ]
-CANARY, REQUESTS = 20, 1000
+# what the scenarios create outside the backends (which delete their own)
+CREATED = [("Deployment", "fermi-tracking"), ("Service", "fermi-tracking"),
+           ("Deployment", "fermi-router"), ("Service", "fermi-router"),
+           ("Secret", "fermi-router-token"), ("ConfigMap", "fermi-routes"),
+           ("Deployment", "hub"), ("Service", "hub"), ("ConfigMap", "fermi-test-hub"),
+           (scenarios.CLAIMS, f"claim-{scenarios.DEV_USER}")]
 
 
 def required(variable: str) -> str:
@@ -48,11 +61,29 @@ def required(variable: str) -> str:
     return value
 
 
-class ClusterPlace(scenarios.Place):
-    """Pods on the real cluster; the test reaches a Service through kubectl port-forward."""
+def images() -> dict[str, str]:
+    named = scenarios.chart_images()
+    return {"python": required("FERMI_TEST_IMAGE"),
+            "hub": os.environ.get("FERMI_TEST_HUB_IMAGE") or named["hub"],
+            "router": os.environ.get("FERMI_TEST_ROUTER_IMAGE") or named["router"],
+            "model-server": os.environ.get("FERMI_TEST_SERVING_IMAGE") or named["model-server"]}
 
-    def __init__(self, client, image: str, jobs_dir: Path):
-        self._client, self.image, self.jobs_dir = client, image, jobs_dir
+
+def kubectl() -> str:
+    found = shutil.which("kubectl")
+    assert found, "kubectl is not on the PATH (the test reaches the cluster's pods through it)"
+    return found
+
+
+class ClusterPlace(scenarios.Place):
+    """Pods on the real cluster; the test reaches a Service or a pod through kubectl
+    port-forward, and a container through kubectl exec."""
+
+    start_timeout = 600.0
+    sync_timeout = 180.0  # the kubelet's ConfigMap sync period is about a minute
+
+    def __init__(self, client, images: dict[str, str], jobs_dir: Path):
+        self._client, self.images, self.jobs_dir = client, images, jobs_dir
         self.kubeconfig, self.namespace = KUBECONFIG, NAMESPACE
         self.forwards: list[subprocess.Popen] = []
 
@@ -60,18 +91,29 @@ class ClusterPlace(scenarios.Place):
     def client(self):
         return self._client
 
-    async def url(self, service: str, port: int) -> str:
-        kubectl = shutil.which("kubectl")
-        assert kubectl, "kubectl is not on the PATH (the test reaches Services through it)"
+    async def forward(self, target: str, port: int) -> str:
         forward = subprocess.Popen(
-            [kubectl, "--kubeconfig", KUBECONFIG, "-n", NAMESPACE, "port-forward",
-             f"service/{service}", f":{port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True)
+            [kubectl(), "--kubeconfig", KUBECONFIG, "-n", NAMESPACE, "port-forward", target,
+             f":{port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.forwards.append(forward)
         line = await asyncio.to_thread(forward.stdout.readline)  # Forwarding from 127.0.0.1:N
         found = re.search(r"127\.0\.0\.1:(\d+)", line)
-        assert found, f"kubectl port-forward service/{service}: {line}"
+        assert found, f"kubectl port-forward {target}: {line}"
         return f"http://127.0.0.1:{found.group(1)}"
+
+    async def url(self, service: str, port: int) -> str:
+        return await self.forward(f"service/{service}", port)
+
+    async def pod_url(self, pod: str, port: int) -> str:
+        return await self.forward(f"pod/{pod}", port)
+
+    async def exec(self, pod: str, container: str, argv: list[str]) -> str:
+        done = await asyncio.to_thread(
+            subprocess.run, [kubectl(), "--kubeconfig", KUBECONFIG, "-n", NAMESPACE, "exec",
+                             pod, "-c", container, "--", *argv],
+            capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"kubectl exec {pod}: {done.stderr[-2000:]}"
+        return done.stdout
 
     async def secret(self, name: str, data: dict[str, str]) -> None:
         await self.client.apply({"apiVersion": "v1", "kind": "Secret",
@@ -81,9 +123,8 @@ class ClusterPlace(scenarios.Place):
     async def clean(self) -> None:
         for forward in self.forwards:
             forward.terminate()
-        for kind, name in [("Deployment", "fermi-tracking"), ("Service", "fermi-tracking"),
-                           ("Deployment", "fermi-router"), ("Service", "fermi-router"),
-                           ("Secret", "fermi-router-token"), ("ConfigMap", "fermi-routes")]:
+            forward.wait()
+        for kind, name in CREATED:
             await self.client.delete(kind, NAMESPACE, name)
 
 
@@ -91,65 +132,14 @@ class ClusterPlace(scenarios.Place):
 async def world():
     from fermi_extension.backends.kubernetes.kube_client import KubeClient
 
-    image, jobs_dir = required("FERMI_TEST_IMAGE"), Path(required("FERMI_TEST_JOBS_DIR"))
+    chosen, jobs_dir = images(), Path(required("FERMI_TEST_JOBS_DIR"))
     client = await KubeClient.connect(KUBECONFIG)
-    place = ClusterPlace(client, image, jobs_dir)
+    place = ClusterPlace(client, chosen, jobs_dir)
     try:
-        place.tracking = await scenarios.start_tracking(place, timeout=600)
+        place.tracking = await scenarios.start_tracking(place)
         yield place
     finally:
-        await place.clean()
-        await client.close()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def trained(world):
-    return await scenarios.train(world, world.tracking, timeout=600)
-
-
-async def test_the_training_job_succeeds_and_logs_its_metric_and_model(world, trained):
-    outcome, run_id, files = trained
-    assert (outcome.status, outcome.lost) == ("succeeded", False), (
-        outcome, files.log.read_text() if files.log.exists() else "no log")
-    run = scenarios.run_of(world.tracking, run_id)
-    assert run["info"]["status"] == "FINISHED"
-    assert {m["key"]: m["value"] for m in run["data"]["metrics"]}["accuracy"] > 0.9
-    assert [v["version"] for v in scenarios.versions_of(world.tracking, run_id)] == ["1"]
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def serving(world, trained, tmp_path_factory):
-    _, run_id, _ = trained
-    first = scenarios.versions_of(world.tracking, run_id)[0]
-    scenarios.mlflow_api(world.tracking, "model-versions/create",
-                         {"name": scenarios.MODEL, "source": first["source"], "run_id": run_id,
-                          "model_id": first["source"].removeprefix("models:/")})
-    backend = world.serving_backend(tmp_path_factory.mktemp("serving"))
-    await backend.start()
-    handles = {}
-    try:
-        for version in ("1", "2"):
-            handles[version] = await scenarios.serve(world, backend, version, timeout=600)
-        yield backend, handles
-    finally:
-        for handle in handles.values():
-            await backend.stop_replica(handle)
-        await backend.close(stop_all=False)
-
-
-async def test_the_router_splits_infer_traffic_in_the_canary_ratio(world, serving):
-    backend, handles = serving
-    backend.publish(scenarios.routes(1, {"stable": (handles["1"], 100 - CANARY),
-                                         "canary": (handles["2"], CANARY)}))
-    await backend._publishing
-    router = await scenarios.start_router(world, timeout=300)
-    # the ConfigMap reaches the pod's volume within the kubelet's sync period (about a minute)
-    await scenarios.until(lambda: scenarios.answers(router), "the router to route", 180)
-    counts = await scenarios.split(router, REQUESTS)
-    tolerance = scenarios.binomial_tolerance(REQUESTS, CANARY / 100)
-    assert sum(counts.values()) == REQUESTS, counts
-    assert abs(counts["2"] / REQUESTS - CANARY / 100) <= tolerance, counts
-    backend.publish(scenarios.routes(2, {"stable": (handles["1"], 0),
-                                         "canary": (handles["2"], 100)}))
-    await backend._publishing
-    await scenarios.until_split_follows(router, "2", timeout=180)
+        try:
+            await place.clean()
+        finally:
+            await client.close()
