@@ -15,15 +15,22 @@ only on a machine with no podman at all (said in the skip reason).
   tree, thin layers on ``official_image``, built and reused the same way.
 - ``container_platform``: one whole platform (`fermi up`) in container mode for the session,
   sharing the session's engine; its catalogue pins ``official_image``.
+- ``registry``: Debian's ``docker-registry`` on 127.0.0.1:PORT over plain HTTP, storage in a
+  temporary folder, for the module; its address. ``registry_engine``: a podman service of the
+  module's own whose registries.conf marks that registry insecure (as `fermi up` does for
+  $FERMI_INSECURE_REGISTRIES), sharing the machine's image storage with the session's engine.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 from fermi_extension.containers.engine import PodmanService, connect
@@ -31,6 +38,7 @@ from fermi_extension import __version__
 from fermi_extension.containers.images import OFFICIAL, Built, digest_of, ensure_official
 
 from ..platform import dataset_settings, start_platform
+from ..test_restart import wait_until
 
 CACHE = Path(os.environ.get("FERMI_TEST_CACHE", Path.home() / ".cache" / "fermi-tests"))
 
@@ -69,6 +77,50 @@ def engine_connection(service):
 def engine_client(engine):
     with engine_connection(engine) as client:
         yield client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+    if not shutil.which(binary):
+        pytest.skip("docker-registry is not installed (make test installs it from Debian's "
+                    "packages)")
+    folder = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    config = folder / "config.yml"
+    config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+                      f"    rootdirectory: {folder / 'storage'}\nhttp:\n"
+                      f"  addr: 127.0.0.1:{port}\n")
+    log = open(folder / "registry.log", "wb")
+    process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(f"http://{address}/v2/"), timeout=30,
+                   what="the registry to answer")
+        yield address
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def registry_engine(tmp_path_factory, registry, engine):
+    with running_engine(tmp_path_factory.mktemp("registry-engine"),
+                        insecure_registries=[registry]) as service:
+        yield service
 
 
 def session_image(client, name: str) -> Built:

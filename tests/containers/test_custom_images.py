@@ -11,70 +11,22 @@ its own platform on it.
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import time
 
-import httpx
 import pytest
 
 from fermi_extension.containers.engine import PodmanService
+from fermi_extension.containers.push import push_image
 
 from ..platform import make_notebook, start_platform
 from ..test_restart import wait_until
-from .conftest import engine_connection, running_engine
+from .conftest import engine_connection, free_port
 from .test_dev_servers import server_containers, start_server, stop_server
 from .test_jobs_in_containers import job_containers
 
 pytestmark = pytest.mark.hub
 
 INDEX = "https://mirror.example.org/simple"  # never contacted: the build only records it
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """Debian's docker-registry on 127.0.0.1:PORT, storage in a temporary folder; its address."""
-    binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
-    if not shutil.which(binary):
-        pytest.skip("docker-registry is not installed (make test installs it from Debian's "
-                    "packages)")
-    folder = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    config = folder / "config.yml"
-    config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
-                      f"    rootdirectory: {folder / 'storage'}\nhttp:\n"
-                      f"  addr: 127.0.0.1:{port}\n")
-    log = open(folder / "registry.log", "wb")
-    process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
-    address = f"127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _answers(f"http://{address}/v2/"), timeout=30,
-                   what="the registry to answer")
-        yield address
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def registry_engine(tmp_path_factory, registry, engine):
-    with running_engine(tmp_path_factory.mktemp("registry-engine"),
-                        insecure_registries=[registry]) as service:
-        yield service
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +58,7 @@ def platform(tmp_path_factory, registry_engine, official_image, ca_bundle):
 def push(client, source: str, target: str) -> str:
     """Push ``source`` to ``target`` (repository:tag) through the engine; the registry's digest."""
     repository, _, tag = target.rpartition(":")
-    client.images.get(source).tag(repository, tag)
-    said = [c for c in client.api.push(repository, tag=tag, stream=True, decode=True)]
-    assert not [c for c in said if c.get("error")], said
-    digest = next(c["status"].split("digest: ")[1].split()[0] for c in said
-                  if "digest: " in c.get("status", ""))
+    digest = push_image(client, source, repository, tag)
     client.images.remove(target)  # the pull must fetch it, not find the local tag
     return digest
 
