@@ -53,7 +53,6 @@ import asyncio
 import hashlib
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess

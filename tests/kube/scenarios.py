@@ -684,8 +684,8 @@ def read(path):
         return pathlib.Path(path).read_text().strip()
     except OSError:
         return None
-pid = next(p for p in os.listdir("/proc") if p.isdigit() and b"jupyterhub-singleuser"
-           in pathlib.Path(f"/proc/{p}/cmdline").read_bytes())
+pid = next(p for p in os.listdir("/proc") if p.isdigit() and p != str(os.getpid())
+           and b"jupyterhub-singleuser" in pathlib.Path(f"/proc/{p}/cmdline").read_bytes())
 status = dict(l.split(":", 1) for l in read(f"/proc/{pid}/status").splitlines())
 environ = pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
 v2 = read("/sys/fs/cgroup/cpu.max")
