@@ -42,9 +42,10 @@ rule says why:
 controller's pods run here (the pod's exit code → the pod's and the Job's status, through the
 same API the backend watches), whose Deployment controller runs ``spec.replicas`` pods of the
 template and reports ``readyReplicas`` from their readiness probes, whose ConfigMap volumes
-follow the stand-in, and whose kubelet runs a Pod created on its own (KubeSpawner's dev server
-pod): its status (phase Running, podIP, containers ready) patched as a kubelet reports it, and
-the pod removed when the Pod is deleted.
+follow the stand-in, and whose kubelet runs a Pod created on its own (the dev server pod that
+FermiKubeSpawner.start() creates): its status (Pending as the API server created it, then phase
+Running, podIP, containers ready) patched as a kubelet reports it, and the pod removed when the
+Pod is deleted (FermiKubeSpawner.stop()).
 """
 
 from __future__ import annotations
@@ -369,7 +370,6 @@ class PodmanCluster(FakeCluster):
 
     async def __aenter__(self):
         await super().__aenter__()
-        self.emulator.resources[CLAIMS] = {}  # KubeSpawner creates its users' home claims
         self.tasks += [asyncio.create_task(self._watch("ConfigMap", self._on_config_map)),
                        asyncio.create_task(self._watch("Pod", self._on_pod))]
         return self
@@ -423,7 +423,7 @@ class PodmanCluster(FakeCluster):
                 self.pod_ips.pop(pod_key(meta.get("labels") or {}), None)
                 await asyncio.to_thread(self.kubelet.remove, name)
             return
-        if name in self.own_pods or (pod.get("status") or {}).get("phase"):
+        if name in self.own_pods:
             return
         self.own_pods.add(name)
         labels = meta.get("labels") or {}

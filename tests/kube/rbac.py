@@ -1,12 +1,16 @@
-"""The control plane's API calls as RBAC sees them, and what the chart's RBAC grants.
+"""The hub pod's API calls as RBAC sees them, and what grants them.
 
-The API stand-in (``simulator.py``) tells the backend's requests from its own controllers' by
-the bearer token: the backend's kubeconfig carries ``BACKEND_TOKEN`` (the hub's ServiceAccount
-on a cluster), the controllers and tests carry another. Each of the backend's requests is
-recorded in ``RECORDED`` (one collector for the whole test session, fed by every
-``FakeCluster``) as the authorizer would see it (``call_of``):
+Two parts of the hub pod call the API as its ServiceAccount ``hub``: the Fermi control plane
+(its Kubernetes backends), whose rights the chart's ``hub_config/helm/rbac.yaml`` grants, and
+JupyterHub's KubeSpawner (dev servers), whose rights Zero to JupyterHub's own hub Role grants.
+The API stand-in (``simulator.py``) tells them apart, and from its own controllers', by the
+bearer token: the backend's kubeconfig carries ``BACKEND_TOKEN``, KubeSpawner's
+``SPAWNER_TOKEN``, the controllers and tests another. Each request of the backend is recorded
+in ``RECORDED``, each of KubeSpawner's in ``SPAWNER_RECORDED`` (collectors for the whole test
+session, fed by every ``FakeCluster``), as the authorizer would see it (``call_of``):
 
-- GET of one object → ``get``; of a collection → ``list``; with ``watch=true`` → ``watch``;
+- GET of one object → ``get``; of a collection → ``list``; a watch (``watch`` true, as the
+  stand-in reads it) → ``watch``;
   POST → ``create``; PATCH → ``patch``; PUT → ``update``; DELETE of one → ``delete``, of a
   collection → ``deletecollection``; a subresource is ``resource/subresource`` (``pods/log``);
 - a GET outside any resource (``/apis/GROUP/VERSION``: whether Kueue or KServe is installed) is
@@ -14,9 +18,11 @@ recorded in ``RECORDED`` (one collector for the whole test session, fed by every
   authenticated user, allows GET of ``DISCOVERY``; the chart need not grant those.
 
 ``Grants.of_chart()`` reads ``hub_config/helm/rbac.yaml``: the Roles and ClusterRoles bound to
-the hub's ServiceAccount. ``tests/kube/test_rbac.py`` checks the chart both ways; the session
+the hub's ServiceAccount; ``Grants.of_hub_role()`` is Zero to JupyterHub's hub Role
+(``HUB_ROLE_RULES``). ``tests/kube/test_rbac.py`` checks the chart both ways; the session
 fixture ``api_calls_granted`` (conftest) checks, at the end of any session that ran the stand-in,
-that every call recorded anywhere in it was granted.
+that every call recorded anywhere in it was granted: the backend's by the chart, KubeSpawner's
+by the hub Role.
 """
 
 from __future__ import annotations
@@ -29,8 +35,16 @@ import yaml
 
 from fermi_extension.paths import shipped
 
-BACKEND_TOKEN = "fermi-control-plane"
+BACKEND_TOKEN = "fermi-control-plane"  # the control plane's backends (granted by rbac.yaml)
+SPAWNER_TOKEN = "jupyterhub-kubespawner"  # the hub's KubeSpawner (granted by the hub Role)
 CHART_RBAC = shipped("hub_config") / "helm" / "rbac.yaml"
+# Zero to JupyterHub's Role bound to the hub's ServiceAccount (jupyterhub/templates/hub/
+# rbac.yaml; the same in its releases 2.0.0 through 4.2.0, which the chart installs)
+HUB_ROLE_RULES = [
+    {"apiGroups": [""], "resources": ["pods", "persistentvolumeclaims", "secrets", "services"],
+     "verbs": ["get", "watch", "list", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "watch", "list"]},
+]
 SUBJECT = {"kind": "ServiceAccount", "name": "hub", "namespace": "fermi"}
 # system:discovery's nonResourceURLs (Kubernetes 1.14+, bound to system:authenticated)
 DISCOVERY = ("/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi",
@@ -60,8 +74,7 @@ def call_of(request) -> Call | str:
         return str(request.url.path)
     named = request.name is not None
     if method == "GET":
-        verb = "watch" if request.params.get("watch") in ("true", "1") else \
-            "get" if named else "list"
+        verb = "watch" if request.action == "WATCH" else "get" if named else "list"
     else:
         verb = {"POST": "create", "PATCH": "patch", "PUT": "update",
                 "DELETE": "delete" if named else "deletecollection"}[method]
@@ -95,7 +108,9 @@ class Recorded:
         self.non_resource.update(other.non_resource)
 
 
-RECORDED = Recorded()  # the session's (test_rbac reads it; the conftests check it at the end)
+# the session's (test_rbac reads them; the conftests check them at the end)
+RECORDED = Recorded()  # the backend's calls
+SPAWNER_RECORDED = Recorded()  # KubeSpawner's
 
 
 @dataclass
@@ -125,6 +140,12 @@ class Grants:
                 rules.append((namespace, rule))
         return cls(rules)
 
+    @classmethod
+    def of_hub_role(cls, namespace: str = SUBJECT["namespace"]) -> "Grants":
+        """Zero to JupyterHub's hub Role, bound in the release's ``namespace`` (a Role: nothing
+        cluster-wide)."""
+        return cls([(namespace, rule) for rule in HUB_ROLE_RULES])
+
     def allows(self, call: Call) -> bool:
         def has(values, value):
             return "*" in values or value in values
@@ -145,7 +166,7 @@ class Grants:
 
 
 def ungranted(recorded: Recorded, grants: Grants) -> list[str]:
-    """Each recorded call the chart does not grant, with a URL that made it."""
+    """Each recorded call ``grants`` does not grant, with a URL that made it."""
     missing = [f"{call} (e.g. {url})" for call, url in sorted(recorded.calls.items())
                if not grants.allows(call)]
     missing += [f"{method} {path} (a non-resource URL that system:discovery does not allow)"
@@ -157,11 +178,16 @@ def ungranted(recorded: Recorded, grants: Grants) -> list[str]:
 @pytest.fixture(scope="session", autouse=True)
 def api_calls_granted():
     """At the end of the session: every call a backend made through the stand-in anywhere in
-    it (``RECORDED``) is one the chart grants (imported by the conftests of ``tests/kube`` and
-    ``tests/conformance``; checked once, whichever ends last)."""
+    it (``RECORDED``) is one the chart grants, and every call of KubeSpawner's
+    (``SPAWNER_RECORDED``) one Zero to JupyterHub's hub Role grants (imported by the conftests
+    of ``tests/kube`` and ``tests/conformance`` and by ``tests/containers/test_kube_play.py``;
+    checked once, whichever ends last)."""
     yield RECORDED
     if RECORDED.checked:
         return
     RECORDED.checked = True
-    missing = ungranted(RECORDED, Grants.of_chart())
-    assert not missing, "hub_config/helm/rbac.yaml does not grant:\n" + "\n".join(missing)
+    missing = [f"hub_config/helm/rbac.yaml does not grant the control plane's {call}"
+               for call in ungranted(RECORDED, Grants.of_chart())]
+    missing += [f"Zero to JupyterHub's hub Role does not grant KubeSpawner's {call}"
+                for call in ungranted(SPAWNER_RECORDED, Grants.of_hub_role())]
+    assert not missing, "\n".join(missing)

@@ -42,14 +42,26 @@ Where kmock is laxer than an API server in ways a client's correctness depends o
 - ``break_watches(kind, how)`` ends the open watches of clients (not the controllers'): with an
   ERROR event 410 (``expire``), or by closing the connection mid-stream (``drop``); within
   ``watches_refused(kind)`` their new watches are answered 503;
+- a query's boolean parameters (``watch``, ``allowWatchBookmarks``) are read as an API server
+  reads them (``query_flag``): any value but "false" (in any case) or "0" is true. kmock takes
+  only ``watch=true`` for a watch; ``kubernetes_asyncio`` (KubeSpawner's reflectors) sends
+  ``watch=True``;
+- a created object of a namespaced kind is stored in the namespace of the request's path: its
+  ``metadata.namespace`` is written in where the object leaves it out (a watch or a reflector
+  keys objects on it), and a create naming another namespace is answered 400 BadRequest;
+- a new Pod's status is the API server's, whatever the create sent: ``phase: Pending`` at
+  once, until a kubelet (``FakeCluster``'s, or ``kubelet.PodmanCluster``'s) reports;
 - a create or patch whose result, for a built-in kind, the official schema of Kubernetes
   ``SCHEMA_VERSION`` (kubernetes-validate, strict) refuses is answered 422 Invalid with the
   schema's complaint (a Status, reason Invalid); kinds without an official schema (Kueue's,
   KServe's) are stored as sent. The controllers' own status writes are held to the same schema;
 - requests are told apart by their bearer token: the backend's kubeconfig carries
-  ``rbac.BACKEND_TOKEN``, the controllers (and tests acting as the world, ``client``)
-  ``CONTROLLERS_TOKEN``. Each of the backend's requests is recorded as the RBAC call it is
-  (``calls``, and the session's ``rbac.RECORDED``; see ``rbac.py``).
+  ``rbac.BACKEND_TOKEN``, the hub's KubeSpawner's ``rbac.SPAWNER_TOKEN``
+  (``kubeconfig_for(url, path, token)``), the controllers (and tests acting as the world,
+  ``client``) ``CONTROLLERS_TOKEN``. Each of the backend's requests is recorded as the RBAC
+  call it is (``calls``, and the session's ``rbac.RECORDED``), and each of KubeSpawner's
+  (``spawner_calls``, ``rbac.SPAWNER_RECORDED``): the chart's ``rbac.yaml`` grants the one,
+  Zero to JupyterHub's hub Role the other (see ``rbac.py``).
 """
 
 from __future__ import annotations
@@ -65,6 +77,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import attrs
 import kubernetes_validate
 import kubernetes_validate.utils
 from kmock import KubernetesEmulator, Server
@@ -76,11 +89,13 @@ from kubernetes_asyncio import client as kclient
 
 from fermi_extension.backends.kubernetes.kube_client import KINDS, KubeClient, KubeError
 
-from .rbac import BACKEND_TOKEN, RECORDED, Recorded
+from .rbac import BACKEND_TOKEN, RECORDED, SPAWNER_RECORDED, SPAWNER_TOKEN, Recorded
 
 NAMESPACE = "fermi"
 CORE_RESOURCES = ["batch/v1/jobs", "v1/pods", "v1/services", "v1/configmaps", "apps/v1/deployments",
-                  "autoscaling/v2/horizontalpodautoscalers", "policy/v1/poddisruptionbudgets"]
+                  "autoscaling/v2/horizontalpodautoscalers", "policy/v1/poddisruptionbudgets",
+                  # KubeSpawner's: its users' home claims, and the events it watches
+                  "v1/persistentvolumeclaims", "v1/events"]
 KUEUE_RESOURCES = ["kueue.x-k8s.io/v1beta1/localqueues", "kueue.x-k8s.io/v1beta1/clusterqueues",
                    "kueue.x-k8s.io/v1beta1/resourceflavors", "kueue.x-k8s.io/v1beta1/workloads"]
 KSERVE_RESOURCES = ["serving.kserve.io/v1beta1/inferenceservices"]
@@ -93,12 +108,14 @@ kubernetes_validate.utils.schema_contents = functools.lru_cache(
     kubernetes_validate.utils.schema_contents)
 
 
-def kubeconfig_for(url: str, path: Path) -> Path:
+def kubeconfig_for(url: str, path: Path, token: str = BACKEND_TOKEN) -> Path:
+    """A kubeconfig of the stand-in at ``url`` whose user says who it is by ``token`` (the
+    backend's, unless told)."""
     path.write_text(
         "apiVersion: v1\nkind: Config\n"
         f"clusters: [{{name: kmock, cluster: {{server: \"{url}\"}}}}]\n"
         "contexts: [{name: kmock, context: {cluster: kmock, user: kmock}}]\n"
-        f"current-context: kmock\nusers: [{{name: kmock, user: {{token: {BACKEND_TOKEN}}}}}]\n")
+        f"current-context: kmock\nusers: [{{name: kmock, user: {{token: {token}}}}}]\n")
     return path
 
 
@@ -623,6 +640,7 @@ class ClusterEmulator(KubernetesEmulator):
         super().__init__()
         self.history = history
         self.calls = Recorded()  # what the backend asked of this stand-in (rbac.py)
+        self.spawner_calls = Recorded()  # what the hub's KubeSpawner asked of it
         self.revision = 0
         self._buses = _Buses(self)
         self.watches: set[OpenWatch] = set()
@@ -633,14 +651,45 @@ class ClusterEmulator(KubernetesEmulator):
 
     async def _handle(self, request):
         if self.history is not None:
-            self.history.append(request)
-        del self._requests[:-1]
-        if caller(request) == BACKEND_TOKEN:
-            self.calls.add(request)
-            RECORDED.add(request)
+            self.history.append(request)  # as sent
+        request = self._as_read(request)
+        self._requests[:] = [request]  # kmock matches its reactions against what it holds
+        for record in self._records_of(caller(request)):
+            record.add(request)
         if request.action in (enums.action.CREATE, enums.action.UPDATE) and request.resource:
             self._validate(request)
         return await super()._handle(request)
+
+    def _records_of(self, who: str) -> tuple[Recorded, ...]:
+        """Where a request of the caller ``who`` is recorded: this stand-in's and the session's
+        record of the backend's calls, or of KubeSpawner's; the controllers' nowhere."""
+        return {BACKEND_TOKEN: (self.calls, RECORDED),
+                SPAWNER_TOKEN: (self.spawner_calls, SPAWNER_RECORDED)}.get(who, ())
+
+    def _as_read(self, request):
+        """The request as an API server reads it, where kmock reads it otherwise (see the
+        module docstring): a GET with ``watch`` true is a watch; a created object is the one
+        the server stores — in the namespace of the path, and a Pod with status Pending."""
+        changes = {}
+        if request.action in (enums.action.LIST, enums.action.FETCH) and query_flag(
+                request.params, "watch"):
+            changes["action"] = enums.action.WATCH
+        if request.action == enums.action.CREATE and request.namespace and isinstance(
+                request.data, dict):
+            changes["data"] = self._as_created(request)
+        return attrs.evolve(request, **changes) if changes else request
+
+    @staticmethod
+    def _as_created(request) -> dict:
+        obj = request.data
+        meta = obj.get("metadata") or {}
+        if meta.get("namespace", request.namespace) != request.namespace:
+            raise KubernetesError(400, "BadRequest", "the namespace of the provided object does "
+                                                     "not match the namespace sent on the request")
+        obj = {**obj, "metadata": {**meta, "namespace": request.namespace}}
+        if request.resource == _resource_of("Pod"):  # the Pod strategy's PrepareForCreate
+            obj["status"] = {"phase": "Pending"}
+        return obj
 
     def _validate(self, request) -> None:
         """A built-in kind's object as it would be stored (created, or merge-patched), against
@@ -722,7 +771,7 @@ class ClusterEmulator(KubernetesEmulator):
                 try:
                     item = await asyncio.wait_for(watch.inbox.get(), deadline - loop.time())
                 except asyncio.TimeoutError:  # timeoutSeconds: a bookmark, then a clean end
-                    if request.params.get("allowWatchBookmarks") == "true":
+                    if query_flag(request.params, "allowWatchBookmarks"):
                         yield self._bookmark(request.resource)
                     return
                 if item == "expire":
@@ -761,6 +810,14 @@ def _expired(message: str) -> dict:
     return {"type": "ERROR", "object": {"apiVersion": "v1", "kind": "Status", "metadata": {},
                                         "status": "Failure", "code": 410, "reason": "Expired",
                                         "message": message}}
+
+
+def query_flag(params, name: str) -> bool:
+    """A boolean query parameter as an API server reads it (apimachinery's
+    ``Convert_Slice_string_To_bool``): absent, "0" or "false" in any case is false; any other
+    value, even an empty one, is true."""
+    value = params.get(name)
+    return value is not None and value != "0" and value.lower() != "false"
 
 
 def caller(request) -> str:
