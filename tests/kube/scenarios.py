@@ -19,9 +19,12 @@ functions assert what a user relies on.
 - ``start_router``: the chart's router (``hub_config/helm/extras.yaml``) reading the routes the
   backend publishes into the ConfigMap ``fermi-routes``; ``check_canary_split`` sends ≥ 1,000 V2
   ``infer`` requests through it.
-- ``dev_server``: the pod FermiKubeSpawner makes for a catalogue profile × image, created as
-  KubeSpawner creates it (its PVC, then its Pod), with a real JupyterHub (hub image) behind the
-  Service ``hub`` as the hub API the server checks in with and asks about tokens.
+- ``dev_server``: a dev server of a catalogue profile × image, started as the hub starts it —
+  FermiKubeSpawner.start(), KubeSpawner's own: the user's home claim, the Pod, its watch of pods
+  and events until the pod runs — with a real JupyterHub (hub image) behind the Service ``hub``
+  as the hub API the server checks in with and asks about tokens; stopped by
+  FermiKubeSpawner.stop() (``check_stopping_the_dev_server``). KubeSpawner calls the API with the
+  hub's kubeconfig (``Place.spawner_kubeconfig``).
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ import os
 import uuid
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import yaml
 
 from fermi_extension import __version__
-from fermi_extension.backends.kubernetes.kube_client import Kind, KubeError, path
+from fermi_extension.backends.kubernetes.kube_client import Kind
 from fermi_extension.paths import shipped
 
 from ..conformance.drivers import notebook
@@ -89,7 +93,8 @@ class Place:
     # the image each kind of pod runs, as its object names it: "python" (jobs, dev servers),
     # "hub" (the tracking server, the hub API), "router", "model-server"
     images: dict[str, str]
-    kubeconfig = ""
+    kubeconfig = ""  # the control plane's (its backends')
+    spawner_kubeconfig = ""  # the hub's, with which KubeSpawner starts and stops dev servers
     jobs_dir: Path  # the jobs claim (fermi-jobs) as this machine sees it
     start_timeout = 240.0  # seconds for pods to come up (a cluster may pull images first)
     sync_timeout = 30.0  # seconds for a ConfigMap change to reach a mounted volume
@@ -552,11 +557,13 @@ def hub_process(kubeconfig: str):
     """This process as the hub's: its secrets in the environment, and KubeSpawner's client
     configuration from ``kubeconfig`` (which it loads when constructed)."""
     from kubernetes_asyncio.config import kube_config
+    from kubespawner.clients import load_config
 
     before = {k: os.environ.get(k) for k in HUB_SECRETS}
     location = kube_config.KUBE_CONFIG_DEFAULT_LOCATION
     os.environ.update(HUB_SECRETS)
     kube_config.KUBE_CONFIG_DEFAULT_LOCATION = kubeconfig
+    load_config.cache_clear()  # KubeSpawner loads it once per process: this hub's, not another's
     try:
         yield
     finally:
@@ -582,7 +589,7 @@ def dev_spawner(place: Place, db_url: str):
         environment={"FERMI_API_URL": "http://fermi-control-plane.fermi.svc:10101/services/"
                                       "fermi/api", "FERMI_BACKEND": "kubernetes"},
         service_account="fermi-workload", uid=1000, fs_gid=100,
-        hub_connect_url="http://hub:8081",
+        hub_connect_url="http://hub:8081", start_timeout=int(place.start_timeout),
         storage_pvc_ensure=True, storage_capacity="1Gi",
         pvc_name_template="claim-{username}{servername}",
         volumes=[{"name": "home", "persistentVolumeClaim": {"claimName": "{pvc_name}"}}],
@@ -594,62 +601,58 @@ def dev_spawner(place: Place, db_url: str):
 
 
 class DevServer:
-    def __init__(self, pod: str, url: str, manifest: dict):
-        self.pod, self.url, self.manifest = pod, url, manifest
+    """DEV_USER's server as FermiKubeSpawner started it: its spawner, its pod as the API holds
+    it, and where the test reaches it."""
+
+    def __init__(self, spawner, manifest: dict, url: str):
+        self.spawner, self.manifest, self.url = spawner, manifest, url
+        self.pod = manifest["metadata"]["name"]
         self.prefix = f"{url}/user/{DEV_USER}"
+
+    async def answers(self) -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                return (await client.get(f"{self.prefix}/api")).status_code == 200
+        except httpx.HTTPError:
+            return False
 
 
 @contextlib.asynccontextmanager
 async def dev_server(place: Place, catalog_dir: Path):
-    """DEV_USER's dev server of DEV_CHOICE: the hub API up, then the PVC and the Pod KubeSpawner
-    makes, created as it creates them, until KubeSpawner deems the pod running and the server
-    answers; deleted afterwards (the PVC kept, as KubeSpawner keeps a user's home)."""
-    from kubernetes_asyncio.client import ApiClient
+    """DEV_USER's dev server of DEV_CHOICE, started as the hub starts it: the hub API up, then
+    FermiKubeSpawner.start() (KubeSpawner's home claim and Pod, and its watch of pods and events
+    until the pod runs), the server's address recorded as the hub records it, until the server
+    answers; FermiKubeSpawner.stop() afterwards, whether or not a test stopped it already (a
+    pod already gone is fine to KubeSpawner; the home claim is kept, as KubeSpawner keeps it)."""
+    from fermi_spawner.kubernetes import FermiKubeSpawner
 
     for obj in hub_objects(place):
         await place.client.apply(obj)
     db_url = platform_catalog(catalog_dir, place.images["python"])
-    with hub_process(place.kubeconfig):
-        spawner = dev_spawner(place, db_url)
-        spawner.user_options = dict(DEV_CHOICE)
-        await spawner.load_user_options()
-        async with ApiClient() as api:
-            pvc = api.sanitize_for_serialization(spawner.get_pvc_manifest())
-            pod = api.sanitize_for_serialization(await spawner.get_pod_manifest())
-    for obj in (pvc, pod):  # KubeSpawner names the namespace in its calls' paths
-        obj["metadata"]["namespace"] = spawner.namespace
     await deployment_ready(place, "hub")  # the server checks in with the hub as it starts
+    spawner = None
     try:
-        await place.client.request("POST", path(CLAIMS, place.namespace), body=pvc)
-    except KubeError as error:  # a user's home claim outlives their servers, as KubeSpawner's
-        if error.status != 409:
-            raise
-    await place.client.create(pod)
-    name = pod["metadata"]["name"]
-    try:
-        async def running():
-            found = await place.client.get("Pod", place.namespace, name)
-            # KubeSpawner's own test (an API server gives a new Pod status Pending at once; the
-            # stand-in's Pod has none until the kubelet reports)
-            return found if found and "status" in found and spawner.is_pod_running(found) \
-                else None
-
-        await until(running, lambda: f"the dev server's pod to run ({place.diagnosis()})",
-                    place.start_timeout, place=place, about=name)
-        server = DevServer(name, await place.pod_url(name, spawner.port), pod)
-
-        async def answering():
+        with hub_process(place.spawner_kubeconfig):
+            spawner = dev_spawner(place, db_url)
+            spawner.user_options = dict(DEV_CHOICE)
             try:
-                async with httpx.AsyncClient(timeout=5) as client:
-                    return (await client.get(f"{server.prefix}/api")).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        await until(answering, lambda: f"jupyterhub-singleuser to answer ({place.diagnosis()})",
-                    place.start_timeout, place=place, about=name)
+                url = urlparse(await spawner.start())
+            except Exception as error:
+                raise AssertionError(f"FermiKubeSpawner.start() failed: {error!r} "
+                                     f"({place.diagnosis()})") from error
+        spawner.server.ip, spawner.server.port = url.hostname, url.port
+        pod = await place.client.get("Pod", place.namespace, spawner.pod_name)
+        server = DevServer(spawner, pod, await place.pod_url(spawner.pod_name, spawner.port))
+        await until(server.answers, lambda: f"jupyterhub-singleuser to answer "
+                                            f"({place.diagnosis()})",
+                    place.start_timeout, place=place, about=server.pod)
         yield server
     finally:
-        await place.client.delete("Pod", place.namespace, name)
+        try:
+            if spawner is not None:
+                await spawner.stop()
+        finally:  # KubeSpawner's watches of pods and events, shared by a hub's spawners
+            await FermiKubeSpawner._stop_all_reflectors()
 
 
 async def check_dev_server_serves_its_user_only(server: DevServer) -> None:
@@ -726,3 +729,20 @@ def check_home_volume(seen: dict, saved: str) -> None:
     """The home folder is the user's volume (a mount of its own), where what they save lands."""
     assert "/home/jovyan" in seen["mounts"], seen["mounts"]
     assert saved in seen["home"], seen["home"]
+
+
+async def check_stopping_the_dev_server(place: Place, server: DevServer) -> None:
+    """The hub sees the server running (KubeSpawner's poll) until FermiKubeSpawner.stop(),
+    which removes its pod: the Pod is gone, poll says the server ended, it no longer answers;
+    the user's home claim stays for their next server."""
+    assert await server.spawner.poll() is None
+    await server.spawner.stop()
+    assert await place.client.get("Pod", place.namespace, server.pod) is None
+    assert await server.spawner.poll() is not None
+
+    async def gone():
+        return not await server.answers()
+
+    await until(gone, "the stopped server to stop answering", place.start_timeout)
+    claim = f"claim-{DEV_USER}"
+    assert await place.client.get(CLAIMS, place.namespace, claim), f"{claim} is gone"

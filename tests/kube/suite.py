@@ -3,7 +3,7 @@ behind the API stand-in) and ``tests/kube/test_real_cluster.py`` (a real cluster
 once: each of those modules defines ``world`` (its ``scenarios.Place``, the tracking server
 started) and imports these (``from tests.kube.suite import *``), so pytest collects them there,
 with that module's ``world`` and marks. They read one world in order, as one user's day goes:
-train, serve, split traffic, a dev server.
+train, serve, split traffic, a dev server started and used, then stopped (the last test).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ __all__ = [
     "test_the_dev_server_pod_answers_its_user_only",
     "test_the_dev_server_pod_runs_in_its_profiles_limits_as_its_user_without_hub_secrets",
     "test_what_the_user_saves_in_the_dev_server_lands_in_their_home_volume",
+    "test_stopping_the_dev_server_removes_its_pod_and_keeps_the_home_claim",
 ]
 
 
@@ -75,3 +76,8 @@ async def test_what_the_user_saves_in_the_dev_server_lands_in_their_home_volume(
     await scenarios.save_notebook(dev_server, "notes.txt", "kept across servers")
     scenarios.check_home_volume(await scenarios.inspect_dev_server(world, dev_server),
                                 "notes.txt")
+
+
+async def test_stopping_the_dev_server_removes_its_pod_and_keeps_the_home_claim(
+        world, dev_server):
+    await scenarios.check_stopping_the_dev_server(world, dev_server)

@@ -2,10 +2,11 @@
 suite (``tests/containers/test_kube_play.py``) — the same tests (``tests/kube/suite.py``) of the
 same scenarios (``tests/kube/scenarios.py``), in this module's world: the training job succeeds
 and logs its metric and model, a failing one says why, the model server answers V2 infer, the
-router splits traffic in the canary ratio, FermiKubeSpawner's dev server answers its user only,
-within its profile's limits, without the hub's secrets, saving into its home volume — against a
-real API server, scheduler and kubelet. Skipped only when FERMI_TEST_KUBECONFIG is unset; with
-it set, anything missing fails (see docs/kubernetes.md, "Tests"):
+router splits traffic in the canary ratio, FermiKubeSpawner's dev server (started by its
+start(), stopped by its stop()) answers its user only, within its profile's limits, without the
+hub's secrets, saving into its home volume — against a real API server, scheduler and kubelet.
+Skipped only when FERMI_TEST_KUBECONFIG is unset; with it set, anything missing fails (see
+docs/kubernetes.md, "Tests"):
 
 - FERMI_TEST_KUBECONFIG: the cluster's kubeconfig; FERMI_TEST_NAMESPACE (default fermi-test),
   where everything runs and is deleted at the end;
@@ -84,7 +85,9 @@ class ClusterPlace(scenarios.Place):
 
     def __init__(self, client, images: dict[str, str], jobs_dir: Path):
         self._client, self.images, self.jobs_dir = client, images, jobs_dir
-        self.kubeconfig, self.namespace = KUBECONFIG, NAMESPACE
+        # the hub's KubeSpawner and the control plane call as the same user here
+        self.kubeconfig = self.spawner_kubeconfig = KUBECONFIG
+        self.namespace = NAMESPACE
         self.forwards: list[subprocess.Popen] = []
 
     @property
