@@ -401,8 +401,10 @@ class DeploymentController:
         # crashed replicas are replaced
         for replica in list(replicas):
             if not self.backend.alive(self._handle(replica)):
+                # read once even when it was draining: the backend lets go of an ended replica
+                # (its container) when its end has been read
+                tail = self.backend.replica_log(replica.id, 5)
                 if replica.state != "draining":
-                    tail = self.backend.replica_log(replica.id, 5)
                     event(session, d, "replica-crashed",
                           f"replica {replica.id} exited; replacing it. Last log lines:\n{tail}")
                     self.failures.setdefault((d.name, replica.revision), []).append(now)

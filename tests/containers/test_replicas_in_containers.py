@@ -180,7 +180,8 @@ def test_a_replica_is_a_container_of_the_pinned_image_that_keeps_answering_throu
                what="the deployment to be gone")
 
 
-def test_a_replica_over_its_memory_is_reported_naming_the_profile(container_platform, trained):
+def test_a_replica_over_its_memory_is_reported_naming_the_profile(container_platform, trained,
+                                                                   engine_client):
     small_profile(container_platform.admin, "cpu-serve-tiny", "40Mi")
     alice, name = trained, "iris-c-tiny"
     deploy(alice, name, profile="cpu-serve-tiny")
@@ -194,3 +195,6 @@ def test_a_replica_over_its_memory_is_reported_naming_the_profile(container_plat
     assert "The replica exceeded the 40Mi memory of profile cpu-serve-tiny" in message, message
     assert "; pick " in message, message  # a larger profile alice may use
     assert alice.api("DELETE", f"deployments/{name}").status_code in (200, 202, 204)
+    # deleted while its replicas keep being killed: none of their containers stays behind
+    wait_until(lambda: not replica_containers(engine_client, container_platform, name),
+               timeout=60, what="the killed replicas' containers to be removed")
