@@ -397,6 +397,7 @@ class DeploymentController:
 
     async def _reconcile_one(self, session: Session, d: Deployment, traffic: dict, now: float) -> None:
         replicas = session.scalars(select(Replica).where(Replica.deployment == d.name)).all()
+        had = len(replicas)
         per_replica = traffic.get("replicas", {})
         # crashed replicas are replaced
         for replica in list(replicas):
@@ -441,7 +442,8 @@ class DeploymentController:
                     self._bill(session, replica)
                     session.delete(replica)
                     replicas.remove(replica)
-        self._retire_fetch_tokens(session, d, replicas)
+        if len(replicas) < had:  # a version may have lost its last replica
+            self._retire_fetch_tokens(session, d, replicas)
         if d.status == "deleting":
             if not replicas:
                 session.delete(d)

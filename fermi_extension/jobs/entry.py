@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 import urllib.request
@@ -368,8 +369,6 @@ class Debounced:
     never the job's failure."""
 
     def __init__(self, seconds: float, action: Callable[[], None]):
-        import threading
-
         self.seconds, self.action = seconds, action
         self._lock = threading.Lock()
         self._sending = threading.Lock()  # cancel waits for a send under way
@@ -377,8 +376,6 @@ class Debounced:
         self._timer: threading.Timer | None = None
 
     def __call__(self) -> None:
-        import threading
-
         with self._lock:
             wait = self._last + self.seconds - time.monotonic()
             if wait > 0:
